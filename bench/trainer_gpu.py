@@ -1,0 +1,142 @@
+"""GPU benchmark of the trainer: speed at the default shape, cold and warm start-up, flex attention vs plain SDPA.
+
+    python3 bench/trainer_gpu.py [--budget 60] [--sdpa-budget 30] [--workdir /tmp/arc-bench]
+                                 [--preset default] [--set key=value ...] [--max-bytes N] [--vocab-size 8192]
+
+Runs, one after another, each a real `python -m trainer.train` process:
+  1. prepare   data from this machine's Python standard-library source (no network)
+  2. cold      the preset for --budget seconds with an empty compile cache (ARC_CACHE_DIR = a fresh folder)
+  3. warm      the same run again on the now-filled cache, as a second experiment on a warm host would
+  4. sdpa      the same model with attention=sdpa (windowed layers through SDPA with an explicit mask)
+  5. any --variant LABEL:key=value[,key=value]: the same again with those settings (e.g. b256:device_batch_size=256)
+Every training line is echoed as it comes (so a log tee'd to a file keeps what was measured even if the run is cut
+short), then a table: tok/s (whole-run mean from the summary, and the median over the logged steps), MFU, peak
+memory, val_bpb, overhead (total - training seconds) with its parts, and a final `BENCH_JSON {...}` line.
+
+A CPU dry run of the same code paths: --preset cpu-tiny --budget 3 --sdpa-budget 2 --max-bytes 1000000
+--vocab-size 1024.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stream(argv: list[str], env: dict[str, str], label: str) -> tuple[int, list[str], float]:
+    """Run a process, echo its combined output line by line with a label, return (rc, lines, wall seconds)."""
+    t0 = time.time()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        print(f"[{label}] {line}", flush=True)
+    return proc.wait(), lines, time.time() - t0
+
+
+def parse_run(lines: list[str]) -> dict:
+    """The trainer's output the way the agent reads it: `@arc ` JSON lines, and the key: value lines after `---`."""
+    events, summary, in_summary = [], {}, False
+    for line in lines:
+        if line.startswith("@arc "):
+            events.append(json.loads(line[len("@arc "):]))
+        elif line == "---":
+            in_summary = True
+        elif in_summary and ":" in line:
+            key, _, value = line.partition(":")
+            try:
+                summary[key.strip()] = float(value)
+            except ValueError:
+                pass
+    config = next((e for e in events if "config" in e), {})
+    step_rates = [e["tok_per_s"] for e in events if "tok_per_s" in e and e.get("training_s", 0) > 0]
+    step_mfu = [e["mfu_percent"] for e in events if "mfu_percent" in e and e.get("training_s", 0) > 0]
+    return {"summary": summary, "gpu_model": config.get("gpu_model"), "gpu_class": config.get("gpu_class"),
+            "micro_batch": config.get("micro_batch"), "grad_accum": config.get("grad_accum"),
+            "micro_batch_reason": config.get("micro_batch_reason"), "attention": config.get("attention"),
+            "torch": config.get("torch"),
+            "median_step_tok_per_s": statistics.median(step_rates) if step_rates else None,
+            "median_step_mfu_percent": statistics.median(step_mfu) if step_mfu else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds of the cold and warm runs")
+    parser.add_argument("--sdpa-budget", type=float, default=30.0, help="training seconds of the SDPA run "
+                        "and of each variant")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                        help="an extra run with these settings (repeatable)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/arc-bench"))
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
+                        help="extra trainer settings for every run")
+    parser.add_argument("--max-bytes", type=int, help="cap on the prepared text (default: all of the stdlib)")
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--json-out", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    if args.workdir.exists():
+        shutil.rmtree(args.workdir)  # a cold run needs an empty cache
+    data, cache = args.workdir / "data", args.workdir / "cache"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ARC_CACHE_DIR=str(cache))
+    results: dict = {"python": sys.version.split()[0], "budget_s": args.budget, "sdpa_budget_s": args.sdpa_budget}
+
+    prepare = [sys.executable, "-m", "trainer.prepare", "--out", str(data), "--vocab-size", str(args.vocab_size)]
+    if args.max_bytes:
+        prepare += ["--max-bytes", str(args.max_bytes)]
+    rc, lines, wall = stream(prepare, env, "prepare")
+    if rc:
+        print(f"BENCH FAIL: prepare exited {rc}", flush=True)
+        return 1
+    results["prepare"] = {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
+
+    train = [sys.executable, "-m", "trainer.train", "--data", str(data), "--preset", args.preset]
+    runs = [("cold", args.budget, args.set), ("warm", args.budget, args.set),
+            ("sdpa", args.sdpa_budget, [*args.set, "attention=sdpa"])]
+    for variant in args.variant:
+        label, _, settings = variant.partition(":")
+        runs.append((label, args.sdpa_budget, [*args.set, *settings.split(",")]))
+    for label, budget, settings in runs:
+        argv = train + ["--time-budget", str(budget)] + (["--set", *settings] if settings else [])
+        rc, lines, wall = stream(argv, env, label)
+        results[label] = {**parse_run(lines), "rc": rc, "wall_s": round(wall, 1)}
+        if rc:  # go on: the other runs' figures are still worth having
+            print(f"BENCH FAIL: the {label} run exited {rc}", flush=True)
+
+    print("\n| run | tok/s (mean) | tok/s (median step) | MFU % | peak MiB | val_bpb | overhead s | startup s | "
+          "first step s | eval s | micro-batch x accum |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, _, _ in runs:
+        run = results.get(label)
+        if not run or not run["summary"]:
+            continue
+        s = run["summary"]
+        med = run["median_step_tok_per_s"]
+        print(f"| {label} ({run['attention']}) | {s.get('tok_per_s', 0):,.0f} | {med or 0:,.0f} | "
+              f"{s.get('mfu_percent', float('nan')):.2f} | {s.get('peak_vram_mb', 0):,.0f} | "
+              f"{s.get('val_bpb', 0):.6f} | "
+              f"{s.get('overhead_seconds', 0):.1f} | {s.get('startup_seconds', 0):.1f} | "
+              f"{s.get('first_step_seconds', 0):.1f} | {s.get('eval_seconds', 0):.1f} | "
+              f"{run['micro_batch']} x {run['grad_accum']} |")
+    first = next((results[label] for label, _, _ in runs if label in results), {})
+    print(f"\ndevice: {first.get('gpu_model')} ({first.get('gpu_class')}), torch {first.get('torch')}, "
+          f"python {results['python']}")
+    print("BENCH_JSON " + json.dumps(results), flush=True)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if all(results.get(label, {}).get("rc") == 0 for label, _, _ in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Job directories on the host: the truth about execution.
+
+<workdir>/jobs/<job-id>/ spec.json (written once, before launch), state.json (atomic rename writes), output.log,
+metrics.jsonl. A job directory appears whole: it is built under a temporary name and renamed into place, so a
+directory named after a job always has its spec and first state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import procs
+from .errors import AgentError
+from .protocol import TERMINAL_STATUSES, JobState
+
+JOBS_DIR = "jobs"
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
+
+
+def valid_job_id(job_id: Any) -> bool:
+    return isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def check_job_id(job_id: Any) -> str:
+    if not valid_job_id(job_id):
+        raise AgentError("bad_request", f"job_id must be {JOB_ID_RULE}, got {job_id!r}")
+    return job_id
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+class JobStore:
+    def __init__(self, workdir: Path) -> None:
+        self.root = workdir / JOBS_DIR
+
+    def path(self, job_id: str) -> Path:
+        return self.root / check_job_id(job_id)
+
+    def exists(self, job_id: str) -> bool:
+        return (self.path(job_id) / "spec.json").exists()
+
+    def create(self, job_id: str, spec: dict[str, Any], state: JobState) -> bool:
+        """Make the job directory with its spec and first state; False if the job already exists."""
+        tmp = self.root / f".new-{job_id}-{os.getpid()}"
+        try:
+            tmp.mkdir()
+        except FileExistsError:     # left by a crashed launcher whose pid we now have
+            shutil.rmtree(tmp)
+            tmp.mkdir()
+        for name, content in (("spec.json", spec), ("state.json", state), ("output.log", None)):
+            with open(tmp / name, "w") as f:    # private until renamed: no need for atomic writes here
+                if content is not None:
+                    json.dump(content, f)
+        try:
+            os.rename(tmp, self.path(job_id))
+            return True
+        except OSError:         # EEXIST / ENOTEMPTY: the job is there already
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+
+    def spec(self, job_id: str) -> dict[str, Any]:
+        try:
+            return read_json(self.path(job_id) / "spec.json")
+        except FileNotFoundError:
+            raise AgentError("unknown_job", f"no job {job_id} on this host") from None
+
+    def raw_state(self, job_id: str) -> JobState:
+        try:
+            return read_json(self.path(job_id) / "state.json")
+        except FileNotFoundError:
+            raise AgentError("unknown_job", f"no job {job_id} on this host") from None
+
+    def write_state(self, job_id: str, state: JobState) -> None:
+        write_json_atomic(self.path(job_id) / "state.json", state)
+
+    def state(self, job_id: str) -> JobState:
+        """The job's state as the controller should see it: a job whose supervisor died is `lost`."""
+        state = self.raw_state(job_id)
+        if state["status"] not in TERMINAL_STATUSES and not procs.alive(state.get("supervisor_pid"),
+                                                                         state.get("supervisor_start")):
+            state["status"] = "lost"
+            state["reason"] = f"supervisor (pid {state.get('supervisor_pid')}) died"
+            state["ended_at"] = state.get("heartbeat_at") or state.get("created_at")
+        try:
+            state["log_bytes"] = os.stat(self.path(job_id) / "output.log").st_size
+        except FileNotFoundError:
+            pass
+        return state
+
+    def newest_first(self) -> list[str]:
+        """Job ids by creation (spec.json is written once, so its mtime is the creation time), newest first."""
+        try:
+            names = [n for n in os.listdir(self.root) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+        created = []
+        for name in names:
+            try:
+                created.append((os.stat(self.root / name / "spec.json").st_mtime, name))
+            except FileNotFoundError:
+                continue
+        created.sort(reverse=True)
+        return [name for _, name in created]

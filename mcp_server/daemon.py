@@ -1,0 +1,187 @@
+"""`arc daemon`: the single owner of the DuckDB file, the host sessions and the scheduler.
+
+One per state dir, guarded by an flock on `<state>/daemon.lock` (the kernel drops it when the process dies, so a
+`kill -9` never leaves a stale lock). It serves, on an owner-only unix socket and on a loopback TCP port:
+  /mcp          MCP over streamable HTTP (what `arc mcp` bridges stdio to, and what `claude mcp add --transport http`
+                registers);
+  /rpc/<name>   the same service operations as JSON, for the `arc` command;
+  /health       liveness.
+Every request must carry `Authorization: Bearer <token>`; the token is generated into `<state>/daemon.token`
+(mode 0600). The daemon holds the user's SSH reach to every GPU host, so nothing else may talk to it.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import ValidationError, validate_call
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from . import __version__
+from .hosts_config import load_hosts
+from .daemon_state import acquire_lock, ensure_token, read_info, socket_path
+from .paths import StatePaths, default_research_file
+from .research import load_research
+from .scheduler import SchedulerSettings
+from .service import ArcError, Service
+
+log = logging.getLogger("arc.daemon")
+
+# Service operations the CLI may call over /rpc (the MCP tools are the other door to the same methods).
+RPC_METHODS = ("list_gpus", "submit_jobs", "job_status", "list_jobs", "cancel_jobs", "tail_log", "wait_for_jobs",
+               "query_results", "append_hypothesis", "update_hypothesis", "list_hypotheses", "leaderboard", "digest",
+               "plot_runs", "describe_history")
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)   # owner-only from the moment the file exists
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def _bind_tcp(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        if port == 0:
+            raise
+        log.warning("port %d is taken; using a free one", port)
+        sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class TokenGate:
+    """ASGI wrapper: every HTTP request needs the bearer token; refusals are logged, never silent."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(auth, self.expected):
+            return await self.app(scope, receive, send)
+        log.warning("refused %s %s from %s: %s bearer token", scope.get("method"), scope.get("path"),
+                    scope.get("client") or "unix socket", "wrong" if auth else "no")
+        response = JSONResponse({"error": "unauthorized: send 'Authorization: Bearer <token>' with the token "
+                                          "from the state dir's daemon.token (owner-only)"}, status_code=401)
+        await response(scope, receive, send)
+
+
+def _rpc_error(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        where = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "invalid arguments: " + "; ".join(parts)
+
+
+def build_app(service: Service, token: str, server_name: str = "arc"):
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from .tools import build_server
+
+    mcp = build_server(service, name=server_name)
+    callers = {name: validate_call(getattr(service, name)) for name in RPC_METHODS}
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "pid": os.getpid(), "version": __version__})
+
+    @mcp.custom_route("/rpc/{method}", methods=["POST"])
+    async def rpc(request: Request) -> JSONResponse:
+        method = request.path_params["method"]
+        if method == "shutdown":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return JSONResponse({"summary": "daemon stopping"})
+        fn = callers.get(method)
+        if fn is None:
+            return _rpc_error(f"unknown operation '{method}'; known: {', '.join(RPC_METHODS)}", 404)
+        try:
+            params = await request.json()
+            if not isinstance(params, dict):
+                raise ValueError("the body must be a JSON object of arguments")
+        except ValueError as e:
+            return _rpc_error(f"bad request body: {e}")
+        try:
+            result = await anyio.to_thread.run_sync(functools.partial(fn, **params))
+        except ArcError as e:
+            return _rpc_error(str(e))
+        except ValidationError as e:
+            return _rpc_error(_validation_message(e))
+        except TypeError as e:
+            return _rpc_error(f"bad arguments for {method}: {e}")
+        except Exception:
+            log.exception("rpc %s failed", method)
+            return _rpc_error(f"internal error in {method}; the daemon log has the traceback", 500)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True,
+                                         allowed_hosts=["127.0.0.1:*", "localhost:*", "localhost", "127.0.0.1"],
+                                         allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
+    app = mcp.streamable_http_app(transport_security=security)
+    return TokenGate(app, token)
+
+
+def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = None, port: int | None = None,
+          settings: SchedulerSettings | None = None) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT."""
+    import uvicorn
+
+    paths = StatePaths.resolve(state_dir).ensure()
+    lock_fd = acquire_lock(paths)
+    hosts = load_hosts(hosts_path)
+    research_path = research_path or default_research_file(hosts_path)
+    research = load_research(research_path)
+    token = ensure_token(paths)
+    previous = read_info(paths)
+    sock_path = socket_path(paths)
+    unix = _bind_unix(sock_path)
+    tcp = _bind_tcp(port if port is not None else int(previous.get("port") or 0))
+    service = Service(paths, hosts, settings, research=research)
+    app = build_app(service, token)
+    info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,
+            "hosts_file": str(Path(hosts_path).resolve()), "research_file": str(Path(research_path).resolve()),
+            "started_at": time.time()}
+    paths.daemon_info.write_text(json.dumps(info))
+    log.info("daemon %s serving %s and http://127.0.0.1:%d/mcp for %s", os.getpid(), sock_path, info["port"],
+             paths.root)
+    try:
+        service.start()
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=3)
+        uvicorn.Server(config).run(sockets=[tcp, unix])
+    finally:
+        log.info("daemon stopping")
+        service.close()
+        for p in (sock_path, paths.daemon_info):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        os.close(lock_fd)

@@ -1,0 +1,264 @@
+"""What the history means for the research: the leaderboard, the digest of recent changes, and plots.
+
+Functions over a `History` returning small result models (the agent reads them). Results are compared only within
+one GPU class: a run's baseline is the earliest succeeded job tagged `baseline` in its class, else the first
+succeeded job of that class.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from typing import Any, Literal
+
+from .history import History
+from .history.values import from_json, now, utc
+from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry
+from .service import ArcError, iso
+
+BASELINE_TAG = "baseline"
+CPU_CLASS = "cpu"
+FAILED = ("failed", "timeout", "lost")
+MAX_PLOT_JOBS = 12
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+def parse_since(since: str | None, default: dt.timedelta = dt.timedelta(hours=1)) -> dt.datetime:
+    """An instant from ISO 8601 text ('2025-06-01T12:00:00Z') or a span back from now ('30m', '2h', '1d')."""
+    if since is None or not since.strip():
+        return now() - default
+    m = _DURATION.match(since)
+    if m:
+        return now() - dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+    try:
+        return utc(since.strip().replace("Z", "+00:00"))
+    except (ValueError, TypeError):
+        raise ArcError(f"since={since!r} is neither an ISO time (2025-06-01T12:00:00Z) nor a span like "
+                       "'30m', '2h', '1d'") from None
+
+
+def _check_direction(direction: str) -> str:
+    if direction not in ("min", "max"):
+        raise ArcError(f"direction must be 'min' (lower is better) or 'max', not {direction!r}")
+    return direction
+
+
+def config_delta(baseline: dict | None, config: dict | None) -> dict[str, Any]:
+    """The overrides in which `config` differs from `baseline`; a key the baseline set and `config` does not is
+    None (back to the trainer's default)."""
+    baseline, config = baseline or {}, config or {}
+    delta = {k: v for k, v in sorted(config.items()) if baseline.get(k, object()) != v}
+    delta.update({k: None for k in sorted(baseline) if k not in config})
+    return delta
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _ok_runs_sql(extra: str = "") -> str:
+    """Succeeded jobs with a finite primary metric, with their comparison class."""
+    return f"""
+        SELECT job_id, job_num, coalesce(gpu_class, '{CPU_CLASS}') AS cls, primary_value AS v, config, code_hash,
+               seed, hypothesis_id, coalesce(list_contains(tags, '{BASELINE_TAG}'), false) AS is_baseline, ended_at
+        FROM jobs WHERE status = 'succeeded' AND primary_metric = ? AND primary_value IS NOT NULL
+          AND isfinite(primary_value) {extra}"""
+
+
+# ---- leaderboard ---------------------------------------------------------------------------------------------
+
+def leaderboard(history: History, metric: str, direction: str = "min", gpu_class: str | None = None,
+                top: int = 5) -> Leaderboard:
+    order = "ASC" if _check_direction(direction) == "min" else "DESC"
+    if not 1 <= top <= 50:
+        raise ArcError(f"top must be from 1 to 50 (got {top})")
+    where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
+    cur = history.cursor()
+    baselines = {r[0]: r for r in cur.execute(f"""
+        SELECT cls, job_id, v, config, code_hash FROM ({_ok_runs_sql(where)})
+        QUALIFY row_number() OVER (PARTITION BY cls ORDER BY is_baseline DESC, job_num) = 1""", params).fetchall()}
+    best = cur.execute(f"""
+        SELECT cls, job_id, v, config, code_hash, seed, hypothesis_id, count(*) OVER (PARTITION BY cls) AS n,
+               row_number() OVER (PARTITION BY cls ORDER BY v {order}, job_num) AS rank
+        FROM ({_ok_runs_sql(where)}) QUALIFY rank <= ? ORDER BY cls, rank""", params + [top]).fetchall()
+    boards: dict[str, ClassBoard] = {}
+    for cls, job_id, v, config, code_hash, seed, hyp, n, rank in best:
+        _, base_job, base_v, base_config, base_code = baselines[cls]
+        board = boards.setdefault(cls, ClassBoard(gpu_class=cls, runs=n, baseline_job=base_job,
+                                                  baseline_metric=base_v, best=[]))
+        board.best.append(RunEntry(
+            rank=rank, job_id=job_id, metric=v, vs_baseline=round(v - base_v, 6),
+            changes=config_delta(from_json(base_config), from_json(config)),
+            code_changed=bool(code_hash and base_code and code_hash != base_code), seed=seed, hypothesis_id=hyp))
+    classes = list(boards.values())
+    if not classes:
+        scope = f" in class {gpu_class}" if gpu_class else ""
+        return Leaderboard(summary=f"no succeeded runs with {metric}{scope} yet", metric=metric,
+                           direction=direction, classes=[],
+                           next="submit_jobs with tags=['baseline'] on each GPU class (list_gpus shows them)")
+    parts = []
+    for b in classes:
+        lead = b.best[0]
+        gain = "" if lead.job_id == b.baseline_job else f" ({lead.vs_baseline:+.4g} vs baseline {b.baseline_job})"
+        parts.append(f"{b.gpu_class}: best {lead.job_id} {metric} {_fmt(lead.metric)}{gain}, {b.runs} runs")
+    return Leaderboard(summary="; ".join(parts), metric=metric, direction=direction, classes=classes,
+                       next="job_status(job_ids=[...]) for a run's details; plot_runs(kind='best') for the trend")
+
+
+# ---- digest --------------------------------------------------------------------------------------------------
+
+def digest(history: History, metric: str, direction: str = "min", since: str | None = None) -> Digest:
+    """What changed since `since` (default: the last hour), in a few lines."""
+    pick = "min" if _check_direction(direction) == "min" else "max"
+    start, until = parse_since(since), now()
+    cur = history.cursor()
+    counts = dict(cur.execute("""
+        SELECT status, count(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'timeout', 'lost', 'cancelled')
+          AND ended_at >= ? GROUP BY status""", [start]).fetchall())
+    active = dict(cur.execute("""
+        SELECT CASE WHEN status = 'queued' OR status = 'held' THEN 'queued' ELSE 'running' END, count(*)
+        FROM jobs WHERE status IN ('queued', 'held', 'dispatching', 'unconfirmed', 'running', 'unknown')
+        GROUP BY 1""").fetchall())
+    # A class has a new best when its best run that ended since `start` beats every run that ended before.
+    new_bests = [f"{cls}: {job} {metric} {_fmt(v)}" + (f" (was {_fmt(old)} {old_job})" if old_job else " (first)")
+                 for cls, job, v, old_job, old in cur.execute(f"""
+        WITH ok AS ({_ok_runs_sql()}),
+             before AS (SELECT cls, arg_{pick}(job_id, v) AS job, {pick}(v) AS v FROM ok WHERE ended_at < ?
+                        GROUP BY cls),
+             after AS (SELECT cls, arg_{pick}(job_id, v) AS job, {pick}(v) AS v FROM ok WHERE ended_at >= ?
+                       GROUP BY cls)
+        SELECT a.cls, a.job, a.v, b.job, b.v FROM after a LEFT JOIN before b USING (cls)
+        WHERE b.v IS NULL OR a.v {'<' if pick == 'min' else '>'} b.v ORDER BY a.cls""",
+                                                                     [metric, start, start]).fetchall()]
+    failures = [f"{job} {status}: {(reason or f'exit code {code}')[:100]}" for job, status, reason, code in
+                cur.execute("""SELECT job_id, status, reason, exit_code FROM jobs
+                               WHERE status IN ('failed', 'timeout', 'lost') AND ended_at >= ?
+                               ORDER BY job_num DESC LIMIT 5""", [start]).fetchall()]
+    hypotheses = [f"{h} {status}" + (f": {verdict[:100]}" if verdict else f": {text[:80]}")
+                  for h, status, verdict, text in cur.execute("""
+        SELECT hyp_id, status, verdict, text FROM hypotheses WHERE updated_at >= ? ORDER BY num DESC LIMIT 8""",
+                                                              [start]).fetchall()]
+    ok, failed, cancelled = counts.get("succeeded", 0), sum(counts.get(s, 0) for s in FAILED), \
+        counts.get("cancelled", 0)
+    summary = (f"since {iso(start)}: {ok + failed + cancelled} ended ({ok} succeeded, {failed} failed"
+               + (f", {cancelled} cancelled" if cancelled else "") + f"); {active.get('running', 0)} running, "
+               f"{active.get('queued', 0)} queued; {len(new_bests)} new best(s)")
+    nxt = ("tail_log(job_id=...) on a failure" if failures else
+           "submit_jobs for the next wave" if not active else "wait_for_jobs")
+    return Digest(summary=summary, since=iso(start), until=iso(until), succeeded=ok, failed=failed,
+                  cancelled=cancelled, running=active.get("running", 0), queued=active.get("queued", 0),
+                  new_bests=new_bests, failures=failures, hypotheses=hypotheses, next=nxt)
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+def plot_runs(history: History, metric: str, direction: str = "min", job_ids: list[str] | None = None,
+              series: str = "train_loss", kind: Literal["curves", "best"] = "curves",
+              gpu_class: str | None = None) -> Plot:
+    """A PNG of `series` per step for `job_ids` ("curves"), or of every run's `metric` over time with the running
+    best per GPU class ("best")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        if kind == "curves":
+            summary = _plot_curves(history, ax, job_ids or [], series)
+        elif kind == "best":
+            summary = _plot_best(history, ax, metric, _check_direction(direction), gpu_class)
+        else:
+            raise ArcError(f"kind must be 'curves' (a metric per step for job_ids) or 'best' (running best over "
+                           f"time), not {kind!r}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return Plot(summary=summary, png=buf.getvalue())
+    finally:
+        plt.close(fig)
+
+
+def _plot_curves(history: History, ax, job_ids: list[str], series: str) -> str:
+    if not job_ids:
+        raise ArcError("kind='curves' needs job_ids, e.g. ['j3', 'j7']; or use kind='best' for the running best")
+    if len(job_ids) > MAX_PLOT_JOBS:
+        raise ArcError(f"at most {MAX_PLOT_JOBS} jobs per plot (got {len(job_ids)})")
+    known = {j["job_id"]: j for j in history.get_jobs(job_ids)}
+    missing = [j for j in job_ids if j not in known]
+    if missing:
+        raise ArcError(f"no job {', '.join(missing)}; list_jobs shows the jobs that exist")
+    data = history.metric_series(job_ids, series, max_points=400)
+    empty = [j for j in job_ids if not data[j]["value"]]
+    if len(empty) == len(job_ids):
+        names = sorted({n for j in job_ids for n in history.metric_names(j)})
+        raise ArcError(f"no '{series}' values recorded for {', '.join(job_ids)}; recorded metrics: "
+                       + (", ".join(names) if names else "none yet (jobs still starting?)"))
+    for job_id in job_ids:
+        s = data[job_id]
+        if s["value"]:
+            steps = [st if st is not None else i for i, st in enumerate(s["step"])]
+            final = known[job_id].get("primary_value")
+            label = job_id if final is None else f"{job_id} ({known[job_id]['primary_metric']} {_fmt(final)})"
+            ax.plot(steps, s["value"], label=label, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(series)
+    ax.set_title(f"{series} per step")
+    return (f"{series} per step for {len(job_ids) - len(empty)} job(s)"
+            + (f"; no points yet for {', '.join(empty)}" if empty else ""))
+
+
+def _plot_best(history: History, ax, metric: str, direction: str, gpu_class: str | None) -> str:
+    where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
+    rows = history.cursor().execute(f"SELECT cls, ended_at, v, job_id FROM ({_ok_runs_sql(where)}) "
+                                    "ORDER BY ended_at", params).fetchall()
+    if not rows:
+        raise ArcError(f"no succeeded runs with {metric} yet" + (f" in class {gpu_class}" if gpu_class else ""))
+    better = min if direction == "min" else max
+    by_class: dict[str, list[tuple]] = {}
+    for cls, ended, v, job in rows:
+        by_class.setdefault(cls, []).append((ended, v, job))
+    parts = []
+    for cls, points in sorted(by_class.items()):
+        times = [p[0] for p in points]
+        values = [p[1] for p in points]
+        running, best = [], None
+        for v in values:
+            best = v if best is None else better(best, v)
+            running.append(best)
+        dots = ax.scatter(times, values, s=14, alpha=0.5)
+        ax.step(times, running, where="post", color=dots.get_facecolor()[0], label=f"{cls} best", linewidth=1.6)
+        champion = points[values.index(running[-1])][2]
+        parts.append(f"{cls}: {len(points)} runs, best {_fmt(running[-1])} ({champion})")
+    ax.set_xlabel("run ended (UTC)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: every run and the running best ({'lower' if direction == 'min' else 'higher'} "
+                 "is better)")
+    ax.figure.autofmt_xdate()
+    return "; ".join(parts)
+
+
+# ---- the history's schema ------------------------------------------------------------------------------------
+
+def describe_history(history: History, table: str | None = None) -> HistorySchema:
+    """Every table and view with its columns' types, example queries and notes; with `table`, that one relation
+    with what each column means (the full catalog is a few thousand tokens, so it comes one table at a time)."""
+    info = history.describe()
+    relations = info["relations"]
+    if table is None:
+        relations = [{**r, "columns": {c: doc.split(":", 1)[0] for c, doc in r["columns"].items()}}
+                     for r in relations]
+        return HistorySchema(summary=f"{len(relations)} tables and views: " + ", ".join(r["name"] for r in relations),
+                             relations=relations, examples=info["examples"], notes=info["notes"],
+                             next="describe_history(table='runs') for what each column means; query_results(sql=...)")
+    relations = [r for r in relations if r["name"] == table]
+    if not relations:
+        raise ArcError(f"no table or view '{table}'; they are: " + ", ".join(r["name"] for r in info["relations"]))
+    return HistorySchema(summary=f"{table}: {relations[0]['doc']}", relations=relations, examples=[],
+                         notes=info["notes"], next="query_results(sql=...) with one SELECT")

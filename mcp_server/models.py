@@ -1,0 +1,298 @@
+"""Typed inputs and results of arc's operations, shared by the MCP tools, the `arc` command and the daemon's RPC.
+
+Results are what the agent reads (Claude Code shows it the structured content as compact JSON), so every result
+starts with a one-line `summary`, keeps its fields small, and names the obvious next call in `next`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .research.triage import Triage
+
+JOB_ID_RE = re.compile(r"^j[0-9]{1,9}$")
+HYP_ID_RE = re.compile(r"^h[0-9]{1,9}$")
+
+ACTIVE_STATUSES = ("queued", "held", "dispatching", "unconfirmed", "running", "unknown")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "timeout", "lost")
+JobStatusName = Literal["queued", "held", "dispatching", "unconfirmed", "running", "unknown",
+                        "succeeded", "failed", "cancelled", "timeout", "lost"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise ValueError(f"'{job_id}' is not a job id; job ids look like j17 (see list_jobs)")
+    return job_id
+
+
+class Requirements(Strict):
+    """What a job needs from the fleet. Unset fields do not constrain placement."""
+    gpus: int = Field(1, ge=0, le=64, description="GPUs on one host (0 with cpu_only)")
+    gpu_class: str | None = Field(None, description="e.g. H100-SXM, H200 (see list_gpus)")
+    gpu_model: str | None = Field(None, description="substring of the GPU's model name, e.g. 'H100'")
+    min_memory_gb: float | None = Field(None, gt=0)
+    host: str | None = None
+    label: str | None = None
+    cpu_only: bool = False
+    same_class_as: str | None = Field(None, description="run on the GPU class job X ran on (fair comparison)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Requirements":
+        if self.cpu_only:
+            self.gpus = 0
+        elif self.gpus == 0:
+            raise ValueError("gpus=0 needs cpu_only=true (a job runs on GPUs or on a CPU slot)")
+        if self.same_class_as is not None:
+            check_job_id(self.same_class_as)
+        return self
+
+
+class JobSpec(Strict):
+    """One experiment. Either `config` (trainer overrides, the usual case) or `command` (any argv)."""
+    config: dict[str, Any] | None = Field(
+        None, description="trainer overrides, e.g. {'depth': 10, 'matrix_lr': 0.03}; runs python -m trainer.train")
+    command: list[str] | None = Field(
+        None, description="argv to run instead of the trainer; never passed through a shell")
+    code: str | None = Field(
+        None, description="'trainer' (default), a local folder to snapshot, or a code hash of an earlier job")
+    preset: str | None = Field(None, description="trainer preset, e.g. cpu-tiny")
+    time_budget_s: float | None = Field(None, gt=0, le=24 * 3600, description="trainer's training budget")
+    time_limit_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="hard kill limit")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    requirements: Requirements = Field(default_factory=Requirements)
+    priority: int = Field(0, ge=-100, le=100, description="higher runs first")
+    tags: list[str] = Field(default_factory=list, max_length=16)
+    hypothesis_id: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    name: str | None = Field(None, max_length=120)
+
+    @model_validator(mode="after")
+    def _one_workload(self) -> "JobSpec":
+        if self.command is not None and self.config is not None:
+            raise ValueError("give either config (trainer overrides) or command (argv), not both")
+        if self.command is not None and not self.command:
+            raise ValueError("command must be a non-empty argv list, e.g. ['python', 'run.py', '--lr', '0.1']")
+        if self.hypothesis_id is not None and not HYP_ID_RE.match(self.hypothesis_id):
+            raise ValueError(f"'{self.hypothesis_id}' is not a hypothesis id; they look like h3")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for k in env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise ValueError(f"env name '{k}' is not a valid variable name")
+        return env
+
+    @property
+    def kind(self) -> Literal["trainer", "command"]:
+        return "command" if self.command is not None else "trainer"
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+
+class Result(BaseModel):
+    summary: str
+    next: str | None = None
+
+
+class GpuView(BaseModel):
+    index: int
+    model: str
+    gpu_class: str
+    memory_used_gb: float | None = None
+    memory_total_gb: float
+    util_pct: float | None = None
+    temp_c: float | None = None
+    job_id: str | None = None
+    frees_in_s: float | None = Field(None, description="seconds until the job's time limit, at most")
+    simulated: bool = False
+
+
+class HostView(BaseModel):
+    name: str
+    reachable: bool
+    error: str | None = None
+    gpus: list[GpuView] = Field(default_factory=list)
+    cpu_slots: int = 0
+    cpu_slots_used: int = 0
+    labels: list[str] = Field(default_factory=list)
+
+
+class GpuList(Result):
+    hosts: list[HostView]
+
+
+class SubmittedJob(BaseModel):
+    job_id: str
+    status: str
+    host: str | None = None
+    gpu_class: str | None = None
+    queue_position: int | None = None
+
+
+class SubmitResult(Result):
+    jobs: list[SubmittedJob]
+
+
+class JobView(BaseModel):
+    """A job in a few fields; `job_status` adds detail."""
+    job_id: str
+    status: str
+    name: str | None = None
+    host: str | None = None
+    gpu_class: str | None = None
+    metric: float | None = Field(None, description="the primary metric (e.g. val_bpb) once known")
+    submitted_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    reason: str | None = None
+    hypothesis_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class JobDetail(JobView):
+    kind: str
+    config: dict[str, Any] | None = None
+    command: list[str] | None = None
+    code_hash: str | None = None
+    seed: int | None = None
+    gpu_indices: list[int] = Field(default_factory=list)
+    exit_code: int | None = None
+    signal: int | None = None
+    summary_metrics: dict[str, Any] | None = None
+    last_metrics: dict[str, float] | None = None
+    attempts: int = 0
+    time_limit_s: float | None = None
+    triage: Triage | None = Field(None, description="why it failed and what to do (failed/timeout/lost jobs)")
+
+
+class JobList(Result):
+    jobs: list[JobView]
+    total: int
+    offset: int
+
+
+class JobDetails(Result):
+    jobs: list[JobDetail]
+
+
+class CancelResult(Result):
+    cancelled: list[str]
+    already_ended: list[str] = Field(default_factory=list)
+
+
+class LogTail(Result):
+    job_id: str
+    text: str
+    offset: int
+    next_offset: int
+    truncated: bool
+
+
+class WaitResult(Result):
+    done: list[JobView]
+    pending: list[str]
+    timed_out: bool
+
+
+class SqlResult(Result):
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+
+
+class Hypothesis(BaseModel):
+    hyp_id: str
+    status: str
+    text: str
+    verdict: str | None = None
+    effect_size: float | None = None
+    jobs: list[str] = Field(default_factory=list)
+    created_at: str | None = None
+
+
+class HypothesisResult(Result):
+    hypothesis: Hypothesis
+
+
+class HypothesisList(Result):
+    hypotheses: list[Hypothesis]
+    total: int
+    offset: int
+
+
+# ---- insights: leaderboard, digest, plots, the history's schema --------------------------------------------------
+
+class RunEntry(BaseModel):
+    rank: int
+    job_id: str
+    metric: float
+    vs_baseline: float | None = Field(None, description="metric minus the class baseline's metric")
+    changes: dict[str, Any] = Field(default_factory=dict,
+                                    description="config keys that differ from the baseline (null: back to default)")
+    code_changed: bool = False
+    seed: int | None = None
+    hypothesis_id: str | None = None
+
+
+class ClassBoard(BaseModel):
+    gpu_class: str
+    runs: int = Field(description="succeeded runs with a metric in this class")
+    baseline_job: str
+    baseline_metric: float
+    best: list[RunEntry]
+
+
+class Leaderboard(Result):
+    metric: str
+    direction: Literal["min", "max"]
+    classes: list[ClassBoard]
+
+
+class Digest(Result):
+    since: str
+    until: str = Field(description="pass this as `since` next time to see only what is new")
+    succeeded: int
+    failed: int
+    cancelled: int
+    running: int
+    queued: int
+    new_bests: list[str] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list)
+    hypotheses: list[str] = Field(default_factory=list)
+
+
+class Plot(Result):
+    """A PNG; the MCP tool sends it as image content, the RPC as base64."""
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    png: bytes
+
+
+class Relation(BaseModel):
+    name: str
+    kind: str
+    doc: str
+    columns: dict[str, str] = Field(description="column: 'TYPE', or 'TYPE: meaning' when one table is asked for")
+
+
+class SqlExample(BaseModel):
+    title: str
+    sql: str
+
+
+class HistorySchema(Result):
+    relations: list[Relation]
+    examples: list[SqlExample]
+    notes: list[str]
+
+
+class Suggestions(Result):
+    configs: list[dict[str, Any]]

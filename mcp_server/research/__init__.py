@@ -1,0 +1,27 @@
+"""The research layer: what makes a campaign of experiments research rather than a job queue.
+
+- `config`: research.yaml (metric, search space, constraints, time limits, budgets, checkpoints, command policy).
+- `guard`: refusals at submission and `Guardrails` (dispatch allowance, pauses, approvals, status) for the daemon;
+  `usage` (GPU-seconds and money from the history), `checkpoints` (approvals), `space` (membership and constraints).
+- `stats`: noise floors and significance within one GPU class. `suggest`: Optuna proposals over the space.
+- `triage`: why a job failed and what to do. `health`: search-health warnings. `hangs`: hung-job detection.
+- `snapshot_diff`: settings and code differences between two jobs.
+"""
+from .checkpoints import Approval, approve, checkpoint_due, checkpoint_state
+from .config import ResearchConfig, ResearchConfigError, load_research, parse_research
+from .guard import Allowance, GuardError, Guardrails, GuardStatus, check_submission, job_times
+from .hangs import hang_reason
+from .health import search_health
+from .snapshot_diff import JobDiff, diff_jobs
+from .stats import NOISE_TAG, Comparison, NoiseFloor, compare, compare_jobs, noise_floors
+from .suggest import suggest_configs
+from .triage import Triage, triage
+from .usage import Prices, Usage, measure_usage
+
+__all__ = [
+    "ResearchConfig", "ResearchConfigError", "load_research", "parse_research",
+    "Guardrails", "GuardError", "GuardStatus", "Allowance", "check_submission", "job_times",
+    "Approval", "approve", "checkpoint_due", "checkpoint_state", "Prices", "Usage", "measure_usage",
+    "Comparison", "NoiseFloor", "NOISE_TAG", "compare", "compare_jobs", "noise_floors",
+    "suggest_configs", "Triage", "triage", "search_health", "hang_reason", "JobDiff", "diff_jobs",
+]

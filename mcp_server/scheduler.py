@@ -1,0 +1,532 @@
+"""The scheduler: queue → placement → dispatch → ingest → reconcile.
+
+Principles (DESIGN.md): the intent is written before the side effect (a job gets its host, GPUs and a fresh launch
+token in the history before the launch request leaves); an ambiguous launch is `unconfirmed`, never failed, until the
+host is asked; the host is the truth for execution, the history for identity.
+
+Threads: one dispatcher (woken by "GPU freed" events from the host sessions, by submissions and by a short tick),
+one ticker (reconciliation, live metrics, lost hosts), and per host one worker for launches and one for ingestion, so
+a slow host never delays another. GPU bookkeeping lives in memory under one lock and is rebuilt from the history and
+the hosts' claims on start.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
+
+from . import gpu_classes
+from .code_store import CodeStore
+from .fleet import AgentError, Fleet, HostUnavailable, RequestTimeout, push_tree
+from .history import History
+from .hosts_config import HostConfig, HostsFile
+from .models import Requirements
+from .placement import GpuSlot, HostCapacity, Placement, place, why_impossible
+from .research.guard import Allowance
+
+log = logging.getLogger("arc.scheduler")
+
+IN_FLIGHT = ("dispatching", "unconfirmed", "running", "unknown")   # jobs that hold resources
+
+
+@dataclass
+class SchedulerSettings:
+    tick_s: float = 1.0
+    launch_timeout_s: float = 20.0
+    request_timeout_s: float = 10.0
+    max_launch_attempts: int = 3
+    live_ingest_every_s: float = 5.0
+    lost_after_s: float = 600.0          # a host away longer than this: its jobs are lost
+    unconfirmed_recheck_s: float = 5.0
+    kill_grace_s: float = 10.0
+
+
+@dataclass
+class HostRuntime:
+    config: HostConfig
+    capacity: HostCapacity | None = None   # None until the first inventory
+    ready: bool = False                    # connected and reconciled: may receive launches
+    away_since: float | None = None
+    last_error: str | None = None
+    pushed: set[str] = field(default_factory=set)   # code/data hashes known present on the host
+    foreign: set[int] = field(default_factory=set)  # GPUs claimed by something that is not one of our jobs
+
+
+class Scheduler:
+    def __init__(self, history: History, hosts_file: HostsFile, code: CodeStore, data_root,
+                 settings: SchedulerSettings | None = None,
+                 allowance: Callable[[], Allowance] | None = None,
+                 job_argv: Callable[[dict, HostConfig], list[str]] | None = None,
+                 on_tick: Callable[[], None] | None = None):
+        self.history = history
+        self.settings = settings or SchedulerSettings()
+        self.code = code
+        self.data_root = data_root
+        # The research layer limits what may start (human checkpoint, budget, max GPUs) once per dispatch round.
+        self.allowance = allowance or Allowance
+        self.job_argv = job_argv
+        self.on_tick = on_tick
+        # Hosts know a job as `<job_id>-<history_id>`: histories sharing a host workdir never collide.
+        self._suffix = f"-{history.history_id}"
+        hosts = hosts_file.hosts
+        self.hosts: dict[str, HostRuntime] = {h.name: HostRuntime(h) for h in hosts}
+        self._lock = threading.RLock()
+        self._busy_gpus: dict[tuple[str, int], str] = {}
+        self._busy_cpu: dict[str, set[str]] = {h: set() for h in self.hosts}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._terminal_version = 0
+        self._terminal_cv = threading.Condition()
+        self._launchers = {h: ThreadPoolExecutor(1, thread_name_prefix=f"launch-{h}") for h in self.hosts}
+        self._ingesters = {h: ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{h}") for h in self.hosts}
+        self._threads: list[threading.Thread] = []
+        self.fleet = Fleet(hosts_file, on_event=self._on_event, on_state=self._on_state)
+
+    # ---- life cycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._rebuild_bookkeeping()
+        for name, target in (("dispatcher", self._dispatch_loop), ("ticker", self._tick_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.fleet.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        for pool in [*self._launchers.values(), *self._ingesters.values()]:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.fleet.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- identity on the hosts -------------------------------------------------------------------------------
+
+    def host_job_id(self, job_id: str) -> str:
+        return job_id + self._suffix
+
+    def our_job_id(self, host_job_id: str | None) -> str | None:
+        """The history's id for a host's job id, or None for a job of another history (or none)."""
+        if host_job_id and host_job_id.endswith(self._suffix):
+            return host_job_id[: -len(self._suffix)]
+        return None
+
+    def request(self, host: str, op: str, params: dict | None = None, timeout: float | None = None) -> Any:
+        return self.fleet.session(host).request(op, params, timeout=timeout or self.settings.request_timeout_s)
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------
+
+    def _rebuild_bookkeeping(self) -> None:
+        """Resources held by in-flight jobs, from the history: nothing is dispatched onto them until reconciled."""
+        with self._lock:
+            for job in self.history.jobs(status=list(IN_FLIGHT), limit=None):
+                self._hold(job["job_id"], job["host"], job.get("gpu_indices") or [])
+
+    def _hold(self, job_id: str, host: str | None, gpus: list[int]) -> None:
+        if host not in self.hosts:
+            return
+        if gpus:
+            for i in gpus:
+                self._busy_gpus[(host, i)] = job_id
+        else:
+            self._busy_cpu[host].add(job_id)
+
+    def _free(self, job_id: str, host: str | None) -> None:
+        with self._lock:
+            for key in [k for k, v in self._busy_gpus.items() if v == job_id]:
+                del self._busy_gpus[key]
+            if host in self._busy_cpu:
+                self._busy_cpu[host].discard(job_id)
+        self._wake.set()
+
+    def capacity(self) -> list[HostCapacity]:
+        """What the fleet has, as far as known (hosts never inventoried are left out)."""
+        return [rt.capacity for rt in self.hosts.values() if rt.capacity is not None]
+
+    def unknown_hosts(self) -> list[str]:
+        return [name for name, rt in self.hosts.items() if rt.capacity is None]
+
+    def why_impossible(self, req: Requirements) -> str | None:
+        """A reason to refuse a job at submission, or None. Hosts not yet inventoried might fit it: accept then."""
+        unknown = self.unknown_hosts()
+        if unknown and (req.host is None or req.host in unknown):
+            return None
+        return why_impossible(req, self.capacity())
+
+    def fleet_has_gpus(self) -> bool:
+        return any(c.gpus for c in self.capacity()) or any(
+            rt.config.simulate_gpus for rt in self.hosts.values())
+
+    def gpus_in_use(self) -> int:
+        with self._lock:
+            return len(self._busy_gpus)
+
+    # ---- events from the hosts -----------------------------------------------------------------------------
+
+    def _on_event(self, host: str, event: dict[str, Any]) -> None:
+        kind, state = event.get("event"), event.get("state") or {}
+        job_id = self.our_job_id(event.get("job_id"))
+        if job_id is None:
+            if kind == "job_ended":   # another history's job freed a GPU we avoided
+                rt = self.hosts[host]
+                with self._lock:
+                    rt.foreign -= set(state.get("gpus") or [])
+                self._wake.set()
+            return
+        if kind == "job_ended":
+            # Free first, ingest after: the next job must not wait for metrics to be copied.
+            self._free(job_id, host)
+            self._ingesters[host].submit(self._guard, self._ingest, host, job_id, state)
+        elif kind == "job_started":
+            self._ingesters[host].submit(self._guard, self._mark_started, job_id, state)
+
+    def _on_state(self, host: str, connected: bool, error: str | None) -> None:
+        rt = self.hosts[host]
+        if connected:
+            rt.last_error = None
+            self._ingesters[host].submit(self._guard, self._reconcile_host, host)
+            return
+        rt.ready = False
+        rt.last_error = error
+        if rt.away_since is None:
+            rt.away_since = time.time()
+        self._ingesters[host].submit(self._guard, self._mark_host_away, host, error)
+
+    def _guard(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:   # a background step must never kill its worker; the tick retries what matters
+            log.exception("background step %s%s failed", getattr(fn, "__name__", fn), args[:2])
+
+    # ---- reconciliation ------------------------------------------------------------------------------------
+
+    def _reconcile_host(self, host: str) -> None:
+        """Before any launch on a (re)connected host: inventory it and settle every in-flight job it holds."""
+        rt = self.hosts[host]
+        self._apply_inventory(host, self.request(host, "inventory"))
+        jobs = self.history.jobs(status=list(IN_FLIGHT), host=host, limit=None)
+        states: dict[str, dict] = {}
+        if jobs:
+            res = self.request(host, "status", {"job_ids": [self.host_job_id(j["job_id"]) for j in jobs]})
+            states = {self.our_job_id(s["job_id"]): s for s in res.get("jobs", [])}
+        for job in jobs:
+            self._settle(host, job, states.get(job["job_id"]))
+        for claim in self.request(host, "claims").get("claims", []):
+            job_id = self.our_job_id(claim.get("job_id"))
+            if claim.get("stale") and job_id is not None:
+                self._lose_stale(host, job_id, "its supervisor died (stale claim)")
+        rt.away_since = None
+        rt.ready = True
+        self.history.upsert_hosts([{"name": host, "reachable": True, "last_error": None}])
+        log.info("host %s ready: %d GPUs, %d in-flight jobs reconciled", host,
+                 len(rt.capacity.gpus) if rt.capacity else 0, len(jobs))
+        self._wake.set()
+
+    def _settle(self, host: str, job: dict, state: dict | None) -> None:
+        """Make the history agree with what the host says of one in-flight job."""
+        job_id, status = job["job_id"], job["status"]
+        if state is None:
+            if status in ("dispatching", "unconfirmed"):
+                # The launch never reached the host: safe to queue again (its token is never reused).
+                if self.history.update_job(job_id, expect_status=status, status="queued", host=None,
+                                           gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
+                                           _reason=f"launch never reached {host}; queued again"):
+                    self._free(job_id, host)
+            elif self.history.update_job(job_id, expect_status=status, status="lost", ended_at=time.time(),
+                                         reason=f"{host} has no record of the job",
+                                         _reason=f"{host} has no record of the job"):
+                self._free(job_id, host)
+                self._notify_terminal()
+            return
+        if state.get("status") in AGENT_TERMINAL:
+            self._free(job_id, host)
+            self._ingest(host, job_id, state)
+            return
+        if status != "running":
+            self.history.update_job(job_id, expect_status=status, status="running",
+                                    _reason=f"{host} reports it running")
+        if job.get("cancel_requested"):
+            self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
+            self.history.add_event("cancel_sent", f"pending cancel sent to {host}", job_id=job_id, host=host)
+
+    def _lose_stale(self, host: str, job_id: str, reason: str) -> None:
+        job = self.history.get_job(job_id)
+        if job is not None and job["status"] not in ("succeeded", "failed", "cancelled", "timeout", "lost"):
+            self.history.update_job(job_id, status="lost", reason=reason, ended_at=time.time(),
+                                    _reason=f"{host}: {reason}")
+        # Only once the history says lost is the claim released (and an orphaned job process group killed).
+        self.request(host, "release_stale", {"job_id": self.host_job_id(job_id)})
+        self._free(job_id, host)
+        self._notify_terminal()
+
+    def _mark_host_away(self, host: str, error: str | None) -> None:
+        for job in self.history.jobs(status=["running"], host=host, limit=None):
+            self.history.update_job(job["job_id"], expect_status="running", status="unknown",
+                                    _reason=f"{host} unreachable: {error or 'connection lost'}")
+        self.history.upsert_hosts([{"name": host, "reachable": False, "last_error": error}])
+
+    def _apply_inventory(self, host: str, inv: dict) -> None:
+        rt = self.hosts[host]
+        wanted = rt.config.gpus
+        listed = [g for g in inv.get("gpus", []) if wanted == "all" or g["index"] in wanted]
+        slots = []
+        for g in listed:
+            mem_gb = g["memory_total_mb"] / 1024
+            slots.append(GpuSlot(host, g["index"], g["name"], gpu_classes.gpu_class(g["name"]), mem_gb,
+                                 gpu_classes.speed(g["name"], mem_gb)))
+        with self._lock:
+            rt.capacity = HostCapacity(host, tuple(rt.config.labels), slots, int(inv.get("cpu_slots", 0)))
+            rt.foreign = {g["index"] for g in listed
+                          if g.get("claimed_by") and self.our_job_id(g["claimed_by"]) is None}
+        self.history.upsert_gpus(host, listed)
+
+    # ---- dispatch ------------------------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.tick_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.dispatch_once()
+            except Exception:
+                log.exception("dispatch failed; retrying at the next tick")
+
+    def dispatch_once(self) -> int:
+        """Place and launch every queued job that fits now (within the research allowance); returns how many."""
+        ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
+        if not ready:
+            return 0
+        queued = self.history.jobs(status=["queued"], order="priority desc, job_num asc", limit=500)
+        if not queued:
+            return 0
+        allowed = self.allowance()
+        if allowed.held:
+            return 0
+        sent = taken = 0
+        for job in queued:
+            if allowed.jobs is not None and sent >= allowed.jobs:
+                break
+            req = Requirements.model_validate(job.get("requirements") or {})
+            if allowed.gpus is not None and taken + req.gpus > allowed.gpus:
+                continue
+            if req.same_class_as:
+                ref = self.history.get_job(req.same_class_as)
+                if ref is None or not ref.get("gpu_class"):
+                    continue   # wait until the reference job has been placed
+                req = req.model_copy(update={"gpu_class": ref["gpu_class"], "same_class_as": None})
+            with self._lock:
+                busy_gpus = set(self._busy_gpus) | {(name, i) for name, rt in self.hosts.items() for i in rt.foreign}
+                busy_cpu = {h: len(s) for h, s in self._busy_cpu.items()}
+                placement = place(req, ready, busy_gpus, busy_cpu)
+                if placement is None:
+                    continue
+                token = uuid.uuid4().hex
+                where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
+                if not self.history.update_job(
+                        job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
+                        gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
+                        gpu_class=placement.gpu_class, launch_token=token,
+                        _reason=f"placed on {placement.host} {where} ({placement.gpu_class})"):
+                    continue
+                self._hold(job["job_id"], placement.host, list(placement.gpu_indices))
+            self._launchers[placement.host].submit(self._guard, self._launch, job, placement, token)
+            sent += 1
+            taken += len(placement.gpu_indices)
+        return sent
+
+    def _launch(self, job: dict, placement: Placement, token: str) -> None:
+        host = placement.host
+        rt = self.hosts[host]
+        job_id = job["job_id"]
+        try:
+            cwd = self._ensure_pushed(host, "code", job["code_hash"]) if job.get("code_hash") else ""
+            if job.get("data_hash"):
+                self._ensure_pushed(host, "data", job["data_hash"])
+            argv = self.job_argv(job, rt.config) if self.job_argv else list(job["argv"])
+            env = {**(job.get("env") or {}), "ARC_HISTORY_JOB_ID": job_id}
+            params = {
+                "job_id": self.host_job_id(job_id), "launch_token": token, "argv": argv, "env": env, "cwd": cwd,
+                "gpus": list(placement.gpu_indices), "cpu_slot": not placement.gpu_indices,
+                "time_limit_s": float(job["time_limit_s"]), "kill_grace_s": self.settings.kill_grace_s,
+            }
+            state = self.request(host, "launch", params, timeout=self.settings.launch_timeout_s)
+        except AgentError as e:
+            if e.code in ("bad_request", "bad_config"):
+                self._fail_launch(job_id, host, f"{host} refused the launch: {e.message}")
+            else:
+                if e.code == "claim_conflict":
+                    with self._lock:
+                        rt.foreign |= set(placement.gpu_indices)
+                self._requeue(job, host, f"{e.code} on {host}: {e.message}")
+            return
+        except (RequestTimeout, HostUnavailable) as e:
+            if not getattr(e, "request_sent", True):
+                self._requeue(job, host, f"could not reach {host}: {e}", count=False)
+                return
+            # Ambiguous: the launch may have happened. Ask the host before doing anything else.
+            self.history.update_job(job_id, expect_status="dispatching", status="unconfirmed",
+                                    _reason=f"launch reply lost ({e}); will ask {host}")
+            return
+        except Exception as e:   # push or argv failure: infrastructure, retried elsewhere
+            log.warning("launch of %s on %s failed before the request: %s", job_id, host, e)
+            self._requeue(job, host, f"launch preparation failed on {host}: {e}")
+            return
+        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed"], status="running",
+                                argv=argv, _reason=f"launched on {host}")
+        if state.get("status") in AGENT_TERMINAL:   # it ended before the reply was read
+            self._free(job_id, host)
+            self._ingest(host, job_id, state)
+
+    def _ensure_pushed(self, host: str, kind: str, digest: str) -> str:
+        rt = self.hosts[host]
+        if digest not in rt.pushed:
+            local = self.code.path(digest) if kind == "code" else self.data_root / digest
+            push_tree(self.fleet.session(host).transport, local, kind)
+            rt.pushed.add(digest)
+        return f"{kind}/{digest}"
+
+    def _requeue(self, job: dict, host: str, reason: str, count: bool = True) -> None:
+        """Queue again after an infrastructure failure; `count`: it used up one of the job's launch attempts."""
+        attempts = int(job.get("attempts") or 0) + int(count)
+        if attempts >= self.settings.max_launch_attempts:
+            self._fail_launch(job["job_id"], host, f"{reason} (gave up after {attempts} launch attempts)")
+            return
+        if self.history.update_job(job["job_id"], expect_status=["dispatching", "unconfirmed"], status="queued",
+                                   host=None, gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
+                                   attempts=attempts, _reason=f"{reason}; queued again"):
+            self._free(job["job_id"], host)
+
+    def _fail_launch(self, job_id: str, host: str, reason: str) -> None:
+        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed"], status="failed",
+                                reason=reason, ended_at=time.time(), _reason=reason)
+        self._free(job_id, host)
+        self._notify_terminal()
+
+    # ---- ingestion -----------------------------------------------------------------------------------------
+
+    def _mark_started(self, job_id: str, state: dict) -> None:
+        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "unknown"], status="running",
+                                started_at=state.get("started_at"), _reason="process started")
+
+    def _ingest(self, host: str, job_id: str, state: dict | None = None) -> None:
+        """Copy new metric records and the job's state from the host into the history (idempotent)."""
+        host_id = self.host_job_id(job_id)
+        if not state:
+            found = self.request(host, "status", {"job_ids": [host_id]}).get("jobs", [])
+            if not found:
+                return
+            state = found[0]
+        seq = self.history.metrics_high_water(job_id)
+        records: list[dict] = []
+        while True:
+            res = self.request(host, "metrics", {"job_id": host_id, "from_seq": seq, "limit": 5000})
+            records.extend(res.get("records", []))
+            if not res.get("more") or res.get("next_seq", seq) <= seq:
+                break
+            seq = res["next_seq"]
+        self.history.ingest(job_id, {**state, "job_id": job_id}, records)
+        if state.get("status") in AGENT_TERMINAL:
+            self._free(job_id, host)
+            self._notify_terminal()
+
+    def _notify_terminal(self) -> None:
+        with self._terminal_cv:
+            self._terminal_version += 1
+            self._terminal_cv.notify_all()
+
+    def wait_terminal(self, version: int, timeout: float) -> int:
+        """Block until some job reaches a terminal state after `version` (or timeout); returns the new version."""
+        with self._terminal_cv:
+            self._terminal_cv.wait_for(lambda: self._terminal_version != version, timeout=timeout)
+            return self._terminal_version
+
+    @property
+    def terminal_version(self) -> int:
+        return self._terminal_version
+
+    # ---- cancel ---------------------------------------------------------------------------------------------
+
+    def cancel(self, job: dict) -> str:
+        """Cancel one job: 'cancelled' (it never started), 'signalled', 'pending' (host away) or 'raced'."""
+        job_id, status = job["job_id"], job["status"]
+        if status in ("queued", "held"):
+            if self.history.update_job(job_id, expect_status=status, status="cancelled", ended_at=time.time(),
+                                       reason="cancelled before it started", _reason="cancelled while queued"):
+                self._notify_terminal()
+                return "cancelled"
+            return "raced"   # it was just dispatched: cancel again
+        host = job["host"]
+        self.history.update_job(job_id, cancel_requested=True)
+        try:
+            self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
+        except AgentError as e:
+            if e.code == "unknown_job" and status in ("dispatching", "unconfirmed"):
+                return "raced"   # the launch is still on its way; the reconcile sends the pending cancel
+            raise
+        except (HostUnavailable, RequestTimeout) as e:
+            self.history.add_event("cancel_pending", f"{host} unreachable ({e}); cancel resent on reconnect",
+                                   job_id=job_id, host=host)
+            return "pending"
+        self.history.add_event("cancel_sent", f"cancel sent to {host}", job_id=job_id, host=host)
+        return "signalled"
+
+    # ---- the tick -------------------------------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        last_live = 0.0
+        while not self._stop.wait(self.settings.tick_s):
+            try:
+                now = time.time()
+                self._expire_away_hosts(now)
+                self._recheck_unconfirmed()
+                if now - last_live >= self.settings.live_ingest_every_s:
+                    last_live = now
+                    self._live_ingest()
+                    if self.on_tick is not None:
+                        self.on_tick()
+                self._wake.set()
+            except Exception:
+                log.exception("tick failed")
+
+    def _expire_away_hosts(self, now: float) -> None:
+        for name, rt in self.hosts.items():
+            if rt.away_since is None or now - rt.away_since < self.settings.lost_after_s:
+                continue
+            for job in self.history.jobs(status=list(IN_FLIGHT), host=name, limit=None):
+                if self.history.update_job(
+                        job["job_id"], expect_status=job["status"], status="lost", ended_at=now,
+                        reason=f"{name} unreachable for more than {self.settings.lost_after_s:.0f} s",
+                        _reason=f"{name} away past the grace period"):
+                    self._free(job["job_id"], name)
+                    self._notify_terminal()
+
+    def _recheck_unconfirmed(self) -> None:
+        for job in self.history.jobs(status=["unconfirmed"], limit=None):
+            rt = self.hosts.get(job["host"])
+            if rt is not None and rt.ready:
+                self._ingesters[rt.config.name].submit(self._guard, self._confirm, job)
+
+    def _confirm(self, job: dict) -> None:
+        host = job["host"]
+        found = self.request(host, "status", {"job_ids": [self.host_job_id(job["job_id"])]}).get("jobs", [])
+        current = self.history.get_job(job["job_id"])
+        if current is not None and current["status"] == "unconfirmed":
+            self._settle(host, current, found[0] if found else None)
+
+    def _live_ingest(self) -> None:
+        for job in self.history.jobs(status=["running"], limit=None):
+            rt = self.hosts.get(job["host"])
+            if rt is not None and rt.ready:
+                self._ingesters[rt.config.name].submit(self._guard, self._ingest, rt.config.name, job["job_id"])

@@ -1,0 +1,10 @@
+"""Shared pytest setup: the netns/sshd host harness fixtures (see tests/harness/__init__.py for their API)."""
+import sys
+from pathlib import Path
+
+# `tests.harness` must import whether pytest runs as `pytest` or `python -m pytest`.
+_REPO = str(Path(__file__).resolve().parent.parent)
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from tests.harness.fixtures import local_hosts_yaml, netns_factory, netns_hosts  # noqa: E402,F401
