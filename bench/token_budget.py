@@ -1,7 +1,7 @@
 """Token budget: how much of a model's context arc's tool answers take over a scripted campaign.
 
-    python bench/token_budget.py                     # the demo's campaign on this machine, 15 s runs
-    python bench/token_budget.py --budget 5 --markdown
+    python bench/token_budget.py                     # the demo's campaign on this machine, 40-step runs
+    python bench/token_budget.py --steps 20 --markdown
 
 Runs `arc demo`'s scripted researcher through the real MCP client over stdio (`arc mcp` and its daemon, one local
 CPU host in a temporary state dir and workdir) and reports every tool answer as the model would read it: Claude
@@ -76,7 +76,7 @@ def markdown(calls: list[Call], fixed: dict[str, int]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--budget", type=float, default=15.0, help="seconds of training per run (default 15)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     parser.add_argument("--calls", action="store_true", help="also list every call")
     args = parser.parse_args()
@@ -89,7 +89,7 @@ def main() -> int:
                          f"    python: {sys.executable}\n")
         paths = StatePaths.resolve(root / "state")
         try:
-            result = run_demo(paths.root, hosts, budget_s=args.budget, console=console, keep_daemon=True)
+            result = run_demo(paths.root, hosts, steps=args.steps, console=console, keep_daemon=True)
             fixed = asyncio.run(fixed_costs(paths, hosts))
         finally:
             DaemonClient(paths).stop()

@@ -113,7 +113,7 @@ def _paths(args) -> StatePaths:
     return StatePaths.resolve(args.state_dir)
 
 
-def _client(args, start: bool = True):
+def _client(args, start: bool = True, daemon_args: tuple[str, ...] = ()):
     from .daemon_client import DaemonClient
 
     client = DaemonClient(_paths(args))
@@ -123,7 +123,7 @@ def _client(args, start: bool = True):
             raise CliError(f"hosts file {hosts} not found; pass --hosts FILE or set ARC_HOSTS "
                            "(the repository's hosts.yaml describes this machine)")
         _check_hosts_file(hosts)
-        client.ensure(hosts, _research_file(args))
+        client.ensure(hosts, _research_file(args), daemon_args)
     return client
 
 
@@ -319,12 +319,23 @@ def cmd_daemon(args) -> int:
             _setup_daemon_logging(paths)
             hosts = hosts_file(args.hosts)
             _check_hosts_file(hosts)
+            settings = None
+            if args.lost_after is not None:
+                from .scheduler import SchedulerSettings
+
+                settings = SchedulerSettings(lost_after_s=args.lost_after)
             try:
-                serve(args.state_dir, hosts, _research_file(args), port=args.port)
+                serve(args.state_dir, hosts, _research_file(args), port=args.port, settings=settings)
             except DaemonRunning as e:
                 raise CliError(str(e)) from None
             return 0
-        info = _client(args).info()
+        daemon_args = [] if args.port is None else ["--port", str(args.port)]
+        if args.lost_after is not None:
+            daemon_args += ["--lost-after", f"{args.lost_after:g}"]
+        if daemon_args and client.running():
+            print(f"arc: a daemon already runs; {' '.join(daemon_args)} applies when it is started again "
+                  "(arc daemon stop, then start)", file=sys.stderr)
+        info = _client(args, daemon_args=tuple(daemon_args)).info()
         emit(args, info, lambda c, d: c.print(f"daemon pid {d['pid']} serving {d['socket']} and "
                                               f"http://127.0.0.1:{d['port']}/mcp"))
         return 0
@@ -337,6 +348,16 @@ def cmd_daemon(args) -> int:
          lambda c, d: c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp"
                               if d["running"] else f"no daemon runs for {paths.root}"))
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds > 0, e.g. --lost-after 60")
+    return value
 
 
 def _setup_daemon_logging(paths: StatePaths) -> None:
@@ -444,7 +465,7 @@ def cmd_demo(args) -> int:
                        "this machine) or pass --hosts FILE")
     _check_hosts_file(hosts)
     try:
-        run_demo(args.state_dir or DEFAULT_STATE_DIR, hosts.resolve(), budget_s=args.budget,
+        run_demo(args.state_dir or DEFAULT_STATE_DIR, hosts.resolve(), steps=args.steps,
                  keep_daemon=args.keep_daemon)
     except DemoError as e:
         raise CliError(str(e)) from None
@@ -528,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["start", "stop", "status"])
     d.add_argument("--foreground", action="store_true", help="run in this process (what the background start runs)")
     d.add_argument("--port", type=int, help="loopback HTTP port for MCP (default: the last one, else a free one)")
+    d.add_argument("--lost-after", type=_positive_seconds, metavar="S",
+                   help="grace before the jobs of an unreachable host are marked lost (default 600 s; applies when "
+                        "this command starts the daemon)")
     d.set_defaults(fn=cmd_daemon)
 
     hy = sub.add_parser("hypotheses", help="research hypotheses: list | add TEXT | update ID")
@@ -572,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client "
                                      "(state dir default ./.arc-demo)")
-    dm.add_argument("--budget", type=float, default=15.0, help="seconds of training per run (default 15)")
+    dm.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
     dm.add_argument("--keep-daemon", action="store_true", help="leave the demo's daemon running at the end")
     dm.set_defaults(fn=cmd_demo)
 

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError, validate_call
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from . import __version__
 from .hosts_config import load_hosts
@@ -139,13 +139,22 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
         except Exception:
             log.exception("rpc %s failed", method)
             return _rpc_error(f"internal error in {method}; the daemon log has the traceback", 500)
-        return JSONResponse(result.model_dump(mode="json"))
+        # pydantic's JSON writes a diverged run's NaN metric as null; json.dumps would refuse it.
+        return Response(result.model_dump_json(), media_type="application/json")
 
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True,
                                          allowed_hosts=["127.0.0.1:*", "localhost:*", "localhost", "127.0.0.1"],
                                          allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
     app = mcp.streamable_http_app(transport_security=security)
     return TokenGate(app, token)
+
+
+class _Terminated(Exception):
+    """SIGTERM outside uvicorn's own handling (before it runs, or re-raised once it stopped)."""
+
+
+def _terminated(*_: Any) -> None:
+    raise _Terminated
 
 
 def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = None, port: int | None = None,
@@ -168,15 +177,23 @@ def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = 
     info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,
             "hosts_file": str(Path(hosts_path).resolve()), "research_file": str(Path(research_path).resolve()),
             "started_at": time.time()}
-    paths.daemon_info.write_text(json.dumps(info))
+    tmp = paths.daemon_info.with_name(paths.daemon_info.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, paths.daemon_info)   # clients never read half of it
     log.info("daemon %s serving %s and http://127.0.0.1:%d/mcp for %s", os.getpid(), sock_path, info["port"],
              paths.root)
+    # uvicorn re-raises the SIGTERM it caught once it has stopped, with the handler that was there before it
+    # started: with the default one, that kills the process before the history is closed and the socket removed.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         service.start()
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=3)
         uvicorn.Server(config).run(sockets=[tcp, unix])
+    except _Terminated:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second SIGTERM must not cut the close short
         log.info("daemon stopping")
         service.close()
         for p in (sock_path, paths.daemon_info):

@@ -48,8 +48,10 @@ class DaemonClient:
     def token(self) -> str:
         return self.paths.daemon_token.read_text().strip()
 
-    def ensure(self, hosts_file: Path, research_file: Path | None = None) -> dict[str, Any]:
-        """Start the daemon if none runs for this state dir; return its info once it answers."""
+    def ensure(self, hosts_file: Path, research_file: Path | None = None,
+               daemon_args: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Start the daemon if none runs for this state dir; return its info once it answers. `daemon_args` are
+        options of `arc daemon start` (e.g. `--lost-after 60`), used only when this call starts it."""
         if self.running() and self._healthy():
             return self.info()
         self.paths.ensure()
@@ -58,7 +60,7 @@ class DaemonClient:
                "--hosts", str(Path(hosts_file).resolve())]
         if research_file is not None:
             cmd += ["--research", str(Path(research_file).resolve())]
-        cmd += ["daemon", "start", "--foreground"]
+        cmd += ["daemon", "start", "--foreground", *daemon_args]
         # Its own session: the daemon outlives the CLI call or Claude session that started it.
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -67,7 +69,8 @@ class DaemonClient:
             if self.running() and self._healthy():
                 return self.info()
             code = proc.poll()
-            if code is not None and not self.running():
+            # Ours exited: fine if another client's daemon won the lock and is still starting.
+            if code is not None and not lock_is_held(self.paths):
                 raise DaemonError(f"the daemon exited at start (code {code}); see {self.paths.daemon_log}:\n"
                                   + _tail(self.paths.daemon_log))
             time.sleep(0.05)

@@ -10,12 +10,14 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from .paths import StatePaths
 
 MAX_UNIX_PATH = 100
+PROBE_RACE_S = 0.5
 
 
 class DaemonRunning(RuntimeError):
@@ -24,21 +26,28 @@ class DaemonRunning(RuntimeError):
 
 def acquire_lock(paths: StatePaths) -> int:
     fd = os.open(paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        info = read_info(paths)
-        raise DaemonRunning(f"a daemon already runs for {paths.root} (pid {info.get('pid', '?')})") from None
-    return fd
+    # A client probing with lock_is_held holds the lock for an instant: only a lock held past that is a daemon.
+    deadline = time.monotonic() + PROBE_RACE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            os.close(fd)
+            info = read_info(paths)
+            raise DaemonRunning(f"a daemon already runs for {paths.root} (pid {info.get('pid', '?')})") from None
 
 
 def lock_is_held(paths: StatePaths) -> bool:
+    """Whether a daemon holds the state dir's lock (probing takes a shared lock for an instant)."""
     if not paths.daemon_lock.exists():
         return False
     fd = os.open(paths.daemon_lock, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     else:

@@ -10,9 +10,12 @@ A campaign is the list `Researcher.steps`: to add a step, write an `async def` m
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,13 +35,17 @@ from rich.table import Table
 from .paths import StatePaths
 
 DEFAULT_STATE_DIR = ".arc-demo"
-DEFAULT_BUDGET_S = 15.0
-# The trainer's smallest preset on a small dataset: a run costs its budget plus ~5-10 s of start-up and evaluation.
+DEFAULT_STEPS = 40
+# The trainer's smallest preset on a small dataset, with a step budget: on the CPU the same config and seed then
+# give the same val_bpb whatever the machine's load (a time budget would make verdicts depend on it), so the
+# differences the verdicts read are the changes' own. A run takes ~15-25 s on 2 cores.
 PRESET = "cpu-tiny"
 DATA_ARGS = ["--max-bytes", "2000000", "--vocab-size", "2048"]
-# A difference smaller than this is treated as noise (two seeds of the same CPU config differ by about this much).
-NOISE = 0.01
+# The noise floor is the baseline's difference between two seeds (measured each campaign), at least this much.
+SECOND_SEED = 7
+MIN_NOISE = 0.005
 TOOL_TIMEOUT_S = 900.0
+FLEET_WAIT_S = 30.0
 
 
 class DemoError(RuntimeError):
@@ -66,9 +73,6 @@ def answer_size(result: CallToolResult) -> tuple[int, int]:
 
 
 def png_size(b64: str) -> tuple[int, int]:
-    import base64
-    import struct
-
     head = base64.b64decode(b64[:64])
     return struct.unpack(">II", head[16:24])
 
@@ -96,14 +100,15 @@ class Idea:
     metric: float | None = None
 
 
-IDEAS = [
-    Idea("A higher Muon learning rate (matrix_lr 0.08 vs 0.04) lowers val_bpb within a short budget",
+IDEAS = [   # inside the repository's research.yaml search space
+    Idea("A higher Muon learning rate (matrix_lr 0.08 vs 0.04) lowers val_bpb in a short run",
          {"matrix_lr": 0.08}),
-    Idea("A smaller global batch (1024 vs 2048 tokens) gives twice the optimizer steps and a lower val_bpb",
-         {"total_batch_size": 1024, "device_batch_size": 8}),
-    Idea("Dropping the LR warmdown (warmdown_ratio 0) hurts: the decay matters even in short runs",
-         {"warmdown_ratio": 0.0}, expect=+1),
-    Idea("A deeper model (depth 3 vs 2) is too slow to pay off in a short CPU budget", {"depth": 3}, expect=+1),
+    Idea("A higher embedding learning rate (embedding_lr 1.2 vs 0.6) lowers val_bpb: embeddings learn slowly "
+         "in short runs", {"embedding_lr": 1.2}),
+    Idea("A shorter LR warmdown (warmdown_ratio 0.2 vs 0.5) hurts: the decay matters even in short runs",
+         {"warmdown_ratio": 0.2}, expect=+1),
+    Idea("No weight decay (0.0 vs 0.2) lowers val_bpb: a short run underfits, regularization only slows it",
+         {"weight_decay": 0.0}),
 ]
 
 
@@ -111,14 +116,16 @@ IDEAS = [
 class Researcher:
     client: Client
     console: Console
-    budget_s: float
+    train_steps: int
     out_dir: Path
     calls: list[Call] = field(default_factory=list)
     step: str = ""
-    baseline: dict | None = None
+    baseline: dict | None = None       # the default config at the default seed, and at SECOND_SEED
+    second: dict | None = None
+    noise: float = MIN_NOISE
     ideas: list[Idea] = field(default_factory=list)
-    kept: dict[str, Any] = field(default_factory=dict)
     follow_ups: list[str] = field(default_factory=list)
+    started_at: str | None = None
     pngs: list[Path] = field(default_factory=list)
 
     @property
@@ -173,14 +180,29 @@ class Researcher:
         self.console.print(f"[cyan]wait_for_jobs[/cyan] → {result.structured_content['summary']}")
         return ended
 
+    async def fleet(self) -> dict:
+        """list_gpus once every host has answered (a daemon that just started is still connecting), or after
+        FLEET_WAIT_S with whatever is reachable then."""
+        deadline = time.monotonic() + FLEET_WAIT_S
+        with self.console.status("connecting to the fleet"):
+            while True:
+                result = await self.call("list_gpus")
+                hosts = result.structured_content["hosts"]
+                if all(h["reachable"] for h in hosts) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+        self.console.print(f"[cyan]list_gpus[/cyan] → {result.structured_content['summary']}")
+        return result.structured_content
+
     def trainer_job(self, change: dict[str, Any], **extra: Any) -> dict:
-        return {"config": change, "preset": PRESET, "time_budget_s": self.budget_s, "tags": ["demo"], **extra}
+        return {"config": {**change, "max_steps": self.train_steps}, "preset": PRESET, "tags": ["demo"], **extra}
 
     # ---- the campaign --------------------------------------------------------------------------------------
 
     async def survey(self) -> None:
         """Survey: the fleet, and what the history already holds"""
-        fleet = await self.data("list_gpus")
+        self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        fleet = await self.fleet()
         for host in fleet["hosts"]:
             what = (f"{len(host['gpus'])} GPUs, {host['cpu_slots']} CPU slots" if host["reachable"]
                     else f"unreachable: {host['error']}")
@@ -191,15 +213,20 @@ class Researcher:
             self.console.print("  earlier runs are in this history; this campaign adds its own baseline and wave")
 
     async def run_baseline(self) -> None:
-        """Baseline: the default config first, tagged so every comparison in its class starts from it"""
-        (job_id,) = await self.submit([self.trainer_job({}, tags=["demo", "baseline"], name="baseline")])
-        ended = await self.wait([job_id])
-        self.baseline = ended[job_id]
-        if self.baseline["status"] != "succeeded" or self.baseline.get("metric") is None:
-            log = await self.call("tail_log", job_id=job_id, lines=20)
-            raise DemoError(f"the baseline {job_id} {self.baseline['status']}; its log:\n{log.content[1].text}")
-        self.console.print(f"  baseline {job_id}: val_bpb {self.baseline['metric']:.4f} "
-                           f"on {self.baseline.get('gpu_class')}")
+        """Baseline: the default config first, with two seeds, whose difference is the noise floor"""
+        ids = await self.submit([self.trainer_job({}, tags=["demo", "baseline"], name="baseline"),
+                                 self.trainer_job({}, tags=["demo", "baseline"], name="baseline, seed 7",
+                                                  seed=SECOND_SEED)])
+        ended = await self.wait(ids)
+        for job_id in ids:
+            if ended[job_id]["status"] != "succeeded" or ended[job_id].get("metric") is None:
+                log = await self.call("tail_log", job_id=job_id, lines=20)
+                raise DemoError(f"the baseline {job_id} {ended[job_id]['status']}; its log:\n{log.content[1].text}")
+        self.baseline, self.second = ended[ids[0]], ended[ids[1]]
+        self.noise = max(MIN_NOISE, round(abs(self.baseline["metric"] - self.second["metric"]), 6))
+        self.console.print(f"  baseline {ids[0]}: val_bpb {self.baseline['metric']:.4f}, with seed {SECOND_SEED} "
+                           f"{ids[1]}: {self.second['metric']:.4f} on {self.baseline.get('gpu_class')}; "
+                           f"noise floor {self.noise:.4f}")
 
     async def first_wave(self) -> None:
         """Wave 1: one hypothesis per idea, written before its run, all submitted at once"""
@@ -213,21 +240,24 @@ class Researcher:
         for idea in self.ideas:
             idea.metric = ended[idea.job_id].get("metric")
 
+    def verdict(self, job_id: str, metric: float, ref: dict) -> tuple[float, int, str]:
+        """The effect against a reference run of the same seed, whether it clears the noise floor (-1 lower,
+        +1 higher, 0 within noise), and the verdict line that says so."""
+        effect = round(metric - ref["metric"], 6)
+        moved = -1 if effect < -self.noise else +1 if effect > self.noise else 0
+        words = "within noise" if moved == 0 else "clears the noise floor"
+        return effect, moved, (f"{ref.get('gpu_class')}: {job_id} {metric:.4f} vs {ref['job_id']} "
+                               f"{ref['metric']:.4f} ({effect:+.4f}, {words} {self.noise:.4f})")
+
     async def judge_wave(self) -> None:
-        """Verdicts: each hypothesis against the baseline of its GPU class"""
-        base = self.baseline
+        """Verdicts: each hypothesis against the baseline of its GPU class, beyond the noise floor or not"""
         table = Table("hypothesis", "job", "change", "val_bpb", "vs baseline", "verdict", show_edge=False)
         for idea in self.ideas:
             if idea.metric is None:
                 status, verdict, effect = "abandoned", f"{idea.job_id} produced no val_bpb", None
             else:
-                effect = round(idea.metric - base["metric"], 6)
-                moved = -1 if effect < -NOISE else +1 if effect > NOISE else 0
+                effect, moved, verdict = self.verdict(idea.job_id, idea.metric, self.baseline)
                 status = "supported" if moved == idea.expect else "refuted"
-                verdict = (f"{base.get('gpu_class')}: {idea.job_id} {idea.metric:.4f} vs baseline {base['job_id']} "
-                           f"{base['metric']:.4f} ({effect:+.4f}; noise floor {NOISE})")
-                if moved == -1:
-                    self.kept.update(idea.change)
             await self.data("update_hypothesis", hyp_id=idea.hyp_id, status=status, verdict=verdict,
                             effect_size=effect)
             table.add_row(idea.hyp_id, idea.job_id, json.dumps(idea.change),
@@ -236,29 +266,31 @@ class Researcher:
         self.console.print(table)
 
     async def follow_up(self) -> None:
-        """Wave 2: stack the changes that helped, and repeat the best with another seed to check the noise"""
-        best = min((i for i in self.ideas if i.metric is not None), key=lambda i: i.metric, default=None)
-        if best is None:
+        """Wave 2: stack the changes that cleared the noise, or retry the best change with the second seed"""
+        tried = sorted((i for i in self.ideas if i.metric is not None), key=lambda i: i.metric)
+        if not tried:
             self.console.print("  nothing to follow up: no run of wave 1 produced a metric")
             return
-        text = (f"Stacking the changes that helped ({json.dumps(self.kept)}) beats each alone" if len(self.kept) > 1
-                else f"The best change so far ({json.dumps(best.change)}) holds with another seed")
-        change = self.kept if len(self.kept) > 1 else best.change
+        helped = [i for i in tried if i.metric < self.baseline["metric"] - self.noise]
+        if len(helped) > 1:    # the stack against its best part, at the same seed
+            change = {k: v for i in helped for k, v in i.change.items()}
+            ref, extra = {**self.baseline, "job_id": helped[0].job_id, "metric": helped[0].metric}, {}
+            text = f"Stacking the changes that helped ({json.dumps(change)}) beats the best of them alone"
+        else:                  # the best change at the second seed, against the baseline of that seed
+            change, ref, extra = tried[0].change, self.second, {"seed": SECOND_SEED}
+            text = f"{json.dumps(change)} also lowers val_bpb at seed {SECOND_SEED}"
         hyp = (await self.data("append_hypothesis", text=text))["hypothesis"]["hyp_id"]
-        ids = await self.submit([self.trainer_job(change, hypothesis_id=hyp, seed=7)])
+        ids = await self.submit([self.trainer_job(change, hypothesis_id=hyp, **extra)])
         self.follow_ups += ids
-        ended = await self.wait(ids)
-        metric = ended[ids[0]].get("metric")
+        metric = (await self.wait(ids))[ids[0]].get("metric")
         if metric is None:
             await self.data("update_hypothesis", hyp_id=hyp, status="abandoned", verdict=f"{ids[0]} failed")
             return
-        gain = round(metric - best.metric, 6)
-        keep = metric < best.metric + NOISE
-        verdict = (f"{self.baseline.get('gpu_class')}: {ids[0]} {metric:.4f} vs {best.job_id} {best.metric:.4f} "
-                   f"({gain:+.4f}); {'keep' if keep else 'discard'}")
-        await self.data("update_hypothesis", hyp_id=hyp, status="supported" if keep else "refuted", verdict=verdict,
-                        effect_size=gain)
-        self.console.print(f"  {'[green]keep' if keep else '[red]discard'}[/] {json.dumps(change)}: {verdict}")
+        effect, moved, verdict = self.verdict(ids[0], metric, ref)
+        keep = moved == -1
+        await self.data("update_hypothesis", hyp_id=hyp, status="supported" if keep else "refuted",
+                        verdict=f"{verdict}; {'keep' if keep else 'discard'}", effect_size=effect)
+        self.console.print(f"  {'[green]keep' if keep else '[red]discard'}[/] {json.dumps(change)}")
 
     async def report(self) -> None:
         """Report: leaderboard, digest, the best run's log, plots"""
@@ -271,7 +303,7 @@ class Researcher:
                 table.add_row(str(run["rank"]), run["job_id"], f"{run['metric']:.4f}",
                               f"{run['vs_baseline']:+.4f}", json.dumps(run["changes"]) if run["changes"] else "")
             self.console.print(table)
-        await self.data("digest", since="1h")
+        await self.data("digest", since=self.started_at)
         await self.data("list_hypotheses")
         answer = await self.data("query_results", sql="SELECT status, count(*) AS jobs, round(min(val_bpb), 4) "
                                                       "AS best_val_bpb FROM runs GROUP BY status ORDER BY status")
@@ -284,13 +316,11 @@ class Researcher:
         self.console.print(f"[cyan]tail_log[/cyan] → {json.loads(log.content[0].text)['summary']}")
         self.console.print(Panel(log.content[1].text, title=f"{best_job}: last lines (fenced as untrusted)",
                                  style="dim"))
-        curves = [self.baseline["job_id"]] + [i.job_id for i in self.ideas] + self.follow_ups
+        curves = [self.baseline["job_id"], self.second["job_id"]] + [i.job_id for i in self.ideas] + self.follow_ups
         await self.plot("curves.png", job_ids=curves, series="train_loss", kind="curves")
         await self.plot("best.png", kind="best")
 
     async def plot(self, filename: str, **args: Any) -> None:
-        import base64
-
         result = await self.call("plot_runs", **args)
         image = next(b for b in result.content if isinstance(b, ImageContent))
         path = self.out_dir / filename
@@ -346,10 +376,10 @@ class DemoResult:
     seconds: float
 
 
-async def campaign(paths: StatePaths, hosts_file: Path, console: Console, budget_s: float) -> Researcher:
+async def campaign(paths: StatePaths, hosts_file: Path, console: Console, steps: int) -> Researcher:
     with open(paths.root / "bridge.log", "a") as errlog:
         async with Client(stdio_client(bridge_params(paths, hosts_file), errlog=errlog)) as client:
-            researcher = Researcher(client, console, budget_s, paths.root)
+            researcher = Researcher(client, console, steps, paths.root)
             await researcher.run()
     return researcher
 
@@ -365,7 +395,7 @@ def _find(error: BaseException, kind: type[BaseException]) -> BaseException | No
     return None
 
 
-def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, budget_s: float = DEFAULT_BUDGET_S,
+def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int = DEFAULT_STEPS,
              console: Console | None = None, keep_daemon: bool = False) -> DemoResult:
     from .daemon_client import DaemonClient
 
@@ -373,10 +403,10 @@ def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, budget_s: fl
     started = time.perf_counter()
     paths = StatePaths.resolve(state_dir or DEFAULT_STATE_DIR).ensure()
     console.print(Panel(f"state dir [bold]{paths.root}[/bold]\nfleet     [bold]{hosts_file}[/bold]\n"
-                        f"budget    {budget_s:g} s of training per run ({PRESET})", title="arc demo"))
+                        f"runs      {steps} training steps each ({PRESET} preset)", title="arc demo"))
     prepare_data(paths, console)
     try:
-        researcher = asyncio.run(campaign(paths, hosts_file, console, budget_s))
+        researcher = asyncio.run(campaign(paths, hosts_file, console, steps))
     except Exception as e:
         refusal = _find(e, DemoError)
         if refusal is not None:

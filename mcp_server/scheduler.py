@@ -8,6 +8,12 @@ Threads: one dispatcher (woken by "GPU freed" events from the host sessions, by 
 one ticker (reconciliation, live metrics, lost hosts), and per host one worker for launches and one for ingestion, so
 a slow host never delays another. GPU bookkeeping lives in memory under one lock and is rebuilt from the history and
 the hosts' claims on start.
+
+The gap from a freed GPU to the next start is the dispatcher's critical path (bench/dispatch_gap.py), so: the
+dispatcher keeps the queue it read and reads it again only when it may have changed (a submission, a requeue, a
+failed compare-and-set, the tick); a launcher thread only sends launches, and what follows a reply goes to the
+host's ingestion worker; and history writes off the critical path (ingestion, start and launch confirmations) wait,
+briefly, for a pending dispatch round to finish, since every write takes the history's one write lock.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from .research.guard import Allowance
 log = logging.getLogger("arc.scheduler")
 
 IN_FLIGHT = ("dispatching", "unconfirmed", "running", "unknown")   # jobs that hold resources
+DISPATCH_FIRST_S = 0.5   # longest a background history write waits for a pending dispatch round
 
 
 @dataclass
@@ -81,6 +88,11 @@ class Scheduler:
         self._busy_cpu: dict[str, set[str]] = {h: set() for h in self.hosts}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._queue: list[dict] = []          # queued jobs in dispatch order, as last read from the history
+        self._queue_stale = True
+        self._dispatch_idle = threading.Event()   # cleared while a dispatch round or a launch is under way
+        self._dispatch_idle.set()
+        self._launching = 0
         self._terminal_version = 0
         self._terminal_cv = threading.Condition()
         self._launchers = {h: ThreadPoolExecutor(1, thread_name_prefix=f"launch-{h}") for h in self.hosts}
@@ -108,6 +120,9 @@ class Scheduler:
         self.fleet.close()
 
     def wake(self) -> None:
+        """The queue changed (a submission, an approval): dispatch what fits now."""
+        self._queue_stale = True
+        self._dispatch_idle.clear()
         self._wake.set()
 
     # ---- identity on the hosts -------------------------------------------------------------------------------
@@ -122,6 +137,8 @@ class Scheduler:
         return None
 
     def request(self, host: str, op: str, params: dict | None = None, timeout: float | None = None) -> Any:
+        if host not in self.hosts:   # a job's host since removed from hosts.yaml
+            raise HostUnavailable(host, "no longer in hosts.yaml; add it back to reach it")
         return self.fleet.session(host).request(op, params, timeout=timeout or self.settings.request_timeout_s)
 
     # ---- bookkeeping -------------------------------------------------------------------------------------
@@ -130,11 +147,14 @@ class Scheduler:
         """Resources held by in-flight jobs, from the history: nothing is dispatched onto them until reconciled."""
         with self._lock:
             for job in self.history.jobs(status=list(IN_FLIGHT), limit=None):
-                self._hold(job["job_id"], job["host"], job.get("gpu_indices") or [])
+                if job["host"] in self.hosts:
+                    self._hold(job["job_id"], job["host"], job.get("gpu_indices") or [])
+                else:   # nothing will ever reconcile it
+                    reason = f"its host {job['host']} is no longer in hosts.yaml"
+                    self.history.update_job(job["job_id"], expect_status=job["status"], status="lost",
+                                            ended_at=time.time(), reason=reason, _reason=reason)
 
-    def _hold(self, job_id: str, host: str | None, gpus: list[int]) -> None:
-        if host not in self.hosts:
-            return
+    def _hold(self, job_id: str, host: str, gpus: list[int]) -> None:
         if gpus:
             for i in gpus:
                 self._busy_gpus[(host, i)] = job_id
@@ -147,6 +167,7 @@ class Scheduler:
                 del self._busy_gpus[key]
             if host in self._busy_cpu:
                 self._busy_cpu[host].discard(job_id)
+        self._dispatch_idle.clear()
         self._wake.set()
 
     def capacity(self) -> list[HostCapacity]:
@@ -176,12 +197,15 @@ class Scheduler:
     def _on_event(self, host: str, event: dict[str, Any]) -> None:
         kind, state = event.get("event"), event.get("state") or {}
         job_id = self.our_job_id(event.get("job_id"))
-        if job_id is None:
-            if kind == "job_ended":   # another history's job freed a GPU we avoided
-                rt = self.hosts[host]
-                with self._lock:
-                    rt.foreign -= set(state.get("gpus") or [])
+        if kind == "job_ended" and state.get("gpus"):
+            rt = self.hosts[host]
+            with self._lock:
+                freed = rt.foreign & set(state["gpus"])   # a GPU we avoided: another history's job, or one of ours
+                rt.foreign -= freed                     # that the history no longer counts (lost, say)
+            if freed:
+                self._dispatch_idle.clear()
                 self._wake.set()
+        if job_id is None:
             return
         if kind == "job_ended":
             # Free first, ingest after: the next job must not wait for metrics to be copied.
@@ -205,8 +229,19 @@ class Scheduler:
     def _guard(self, fn: Callable, *args) -> None:
         try:
             fn(*args)
+        except (HostUnavailable, RequestTimeout) as e:   # the host's session reports and recovers this itself
+            log.info("background step %s%s skipped: %s", getattr(fn, "__name__", fn), args[:2], e)
         except Exception:   # a background step must never kill its worker; the tick retries what matters
             log.exception("background step %s%s failed", getattr(fn, "__name__", fn), args[:2])
+
+    def _maybe_idle(self) -> None:
+        with self._lock:
+            if self._launching == 0 and not self._wake.is_set():
+                self._dispatch_idle.set()
+
+    def _after_dispatch(self) -> None:
+        """Let a pending dispatch round write first (bounded): every history write takes the one write lock."""
+        self._dispatch_idle.wait(DISPATCH_FIRST_S)
 
     # ---- reconciliation ------------------------------------------------------------------------------------
 
@@ -241,6 +276,7 @@ class Scheduler:
                 if self.history.update_job(job_id, expect_status=status, status="queued", host=None,
                                            gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
                                            _reason=f"launch never reached {host}; queued again"):
+                    self._queue_stale = True
                     self._free(job_id, host)
             elif self.history.update_job(job_id, expect_status=status, status="lost", ended_at=time.time(),
                                          reason=f"{host} has no record of the job",
@@ -286,8 +322,10 @@ class Scheduler:
                                  gpu_classes.speed(g["name"], mem_gb)))
         with self._lock:
             rt.capacity = HostCapacity(host, tuple(rt.config.labels), slots, int(inv.get("cpu_slots", 0)))
-            rt.foreign = {g["index"] for g in listed
-                          if g.get("claimed_by") and self.our_job_id(g["claimed_by"]) is None}
+            # Claimed by anything but the job our bookkeeping puts there: another history's job, or one of ours
+            # that the history no longer counts as running (lost while its host was away, say).
+            rt.foreign = {g["index"] for g in listed if g.get("claimed_by") and
+                          self.our_job_id(g["claimed_by"]) != self._busy_gpus.get((host, g["index"]))}
         self.history.upsert_gpus(host, listed)
 
     # ---- dispatch ------------------------------------------------------------------------------------------
@@ -301,21 +339,25 @@ class Scheduler:
             try:
                 self.dispatch_once()
             except Exception:
+                self._queue_stale = True
                 log.exception("dispatch failed; retrying at the next tick")
+            self._maybe_idle()
 
     def dispatch_once(self) -> int:
         """Place and launch every queued job that fits now (within the research allowance); returns how many."""
         ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
         if not ready:
             return 0
-        queued = self.history.jobs(status=["queued"], order="priority desc, job_num asc", limit=500)
-        if not queued:
+        if self._queue_stale:
+            self._queue_stale = False   # first: a change while reading marks it stale again
+            self._queue = self.history.jobs(status=["queued"], order="priority desc, job_num asc", limit=500)
+        if not self._queue:
             return 0
         allowed = self.allowance()
         if allowed.held:
             return 0
         sent = taken = 0
-        for job in queued:
+        for job in list(self._queue):
             if allowed.jobs is not None and sent >= allowed.jobs:
                 break
             req = Requirements.model_validate(job.get("requirements") or {})
@@ -334,19 +376,31 @@ class Scheduler:
                     continue
                 token = uuid.uuid4().hex
                 where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
-                if not self.history.update_job(
-                        job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
-                        gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
-                        gpu_class=placement.gpu_class, launch_token=token,
-                        _reason=f"placed on {placement.host} {where} ({placement.gpu_class})"):
+                placed = self.history.update_job(
+                    job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
+                    gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
+                    gpu_class=placement.gpu_class, launch_token=token,
+                    _reason=f"placed on {placement.host} {where} ({placement.gpu_class})")
+                self._queue.remove(job)
+                if not placed:   # no longer queued (cancelled): the queue read is out of date
+                    self._queue_stale = True
                     continue
                 self._hold(job["job_id"], placement.host, list(placement.gpu_indices))
+                self._launching += 1
             self._launchers[placement.host].submit(self._guard, self._launch, job, placement, token)
             sent += 1
             taken += len(placement.gpu_indices)
         return sent
 
     def _launch(self, job: dict, placement: Placement, token: str) -> None:
+        try:
+            self._send_launch(job, placement, token)
+        finally:
+            with self._lock:
+                self._launching -= 1
+            self._maybe_idle()
+
+    def _send_launch(self, job: dict, placement: Placement, token: str) -> None:
         host = placement.host
         rt = self.hosts[host]
         job_id = job["job_id"]
@@ -365,10 +419,12 @@ class Scheduler:
         except AgentError as e:
             if e.code in ("bad_request", "bad_config"):
                 self._fail_launch(job_id, host, f"{host} refused the launch: {e.message}")
+            elif e.code == "job_exists":   # an earlier launch of this job reached the host after all: adopt it
+                self.history.update_job(job_id, expect_status="dispatching", status="unconfirmed",
+                                        _reason=f"{host} already has this job from an earlier launch; will ask it")
             else:
-                if e.code == "claim_conflict":
-                    with self._lock:
-                        rt.foreign |= set(placement.gpu_indices)
+                if e.code == "claim_conflict" and placement.gpu_indices:
+                    self._learn_claims(host, placement.gpu_indices)
                 self._requeue(job, host, f"{e.code} on {host}: {e.message}")
             return
         except (RequestTimeout, HostUnavailable) as e:
@@ -383,11 +439,25 @@ class Scheduler:
             log.warning("launch of %s on %s failed before the request: %s", job_id, host, e)
             self._requeue(job, host, f"launch preparation failed on {host}: {e}")
             return
-        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed"], status="running",
+        # The launcher is free for the next launch on this host; the history hears of this one in host order.
+        self._ingesters[host].submit(self._guard, self._launched, host, job_id, argv, state)
+
+    def _launched(self, host: str, job_id: str, argv: list[str], state: dict) -> None:
+        self._after_dispatch()
+        # "running" too: the job_started event may have been recorded first; a job that ended stays as it is.
+        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "running"], status="running",
                                 argv=argv, _reason=f"launched on {host}")
         if state.get("status") in AGENT_TERMINAL:   # it ended before the reply was read
             self._free(job_id, host)
             self._ingest(host, job_id, state)
+
+    def _learn_claims(self, host: str, gpus: tuple[int, ...]) -> None:
+        """A launch found GPUs claimed that we thought free: ask the host which, so we avoid exactly those."""
+        try:
+            self._apply_inventory(host, self.request(host, "inventory"))
+        except (AgentError, HostUnavailable, RequestTimeout):
+            with self._lock:
+                self.hosts[host].foreign |= set(gpus)
 
     def _ensure_pushed(self, host: str, kind: str, digest: str) -> str:
         rt = self.hosts[host]
@@ -406,6 +476,7 @@ class Scheduler:
         if self.history.update_job(job["job_id"], expect_status=["dispatching", "unconfirmed"], status="queued",
                                    host=None, gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
                                    attempts=attempts, _reason=f"{reason}; queued again"):
+            self._queue_stale = True
             self._free(job["job_id"], host)
 
     def _fail_launch(self, job_id: str, host: str, reason: str) -> None:
@@ -417,12 +488,14 @@ class Scheduler:
     # ---- ingestion -----------------------------------------------------------------------------------------
 
     def _mark_started(self, job_id: str, state: dict) -> None:
-        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "unknown"], status="running",
-                                started_at=state.get("started_at"), _reason="process started")
+        self._after_dispatch()
+        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "unknown", "running"],
+                                status="running", started_at=state.get("started_at"), _reason="process started")
 
     def _ingest(self, host: str, job_id: str, state: dict | None = None) -> None:
         """Copy new metric records and the job's state from the host into the history (idempotent)."""
         host_id = self.host_job_id(job_id)
+        self._after_dispatch()
         if not state:
             found = self.request(host, "status", {"job_ids": [host_id]}).get("jobs", [])
             if not found:
@@ -496,7 +569,7 @@ class Scheduler:
                     self._live_ingest()
                     if self.on_tick is not None:
                         self.on_tick()
-                self._wake.set()
+                self.wake()   # the backstop: also reads the queue again (cancellations, other changes)
             except Exception:
                 log.exception("tick failed")
 

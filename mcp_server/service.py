@@ -193,6 +193,17 @@ class Service:
         except CodeStoreError as e:
             raise ArcError(str(e)) from None
 
+    @staticmethod
+    def _check_trainer_config(spec: JobSpec) -> None:
+        """Overrides the packaged trainer would refuse are refused now, not after a queue wait and a start-up."""
+        from trainer.config import ConfigError, resolve_config
+
+        overrides = [workloads.format_override(k, v) for k, v in (spec.config or {}).items()]
+        try:
+            resolve_config(spec.preset or "default", None, overrides, spec.time_budget_s, None)
+        except ConfigError as e:
+            raise ArcError(f"the trainer refuses this config: {e}") from None
+
     def _resolve_requirements(self, spec: JobSpec) -> Requirements:
         req = spec.requirements
         if not req.model_fields_set and not self.scheduler.fleet_has_gpus():
@@ -227,6 +238,8 @@ class Service:
                     if data_hash is None:
                         raise ArcError("no dataset prepared; run `arc data prepare` (or the demo) first")
                 config = dict(spec.config or {})
+                if spec.kind == "trainer" and spec.code in (None, "trainer"):
+                    self._check_trainer_config(spec)
                 if spec.preset:
                     config["preset"] = spec.preset
                 budget, limit = job_times(self.research, spec.kind, spec.time_budget_s, spec.time_limit_s)
@@ -367,7 +380,7 @@ class Service:
         deadline = time.monotonic() + timeout_s
         version = self.scheduler.terminal_version
         while True:
-            rows = {j: self.history.get_job(j) for j in job_ids}
+            rows = {r["job_id"]: r for r in self.history.get_jobs(job_ids)}   # one query per wake
             done = [j for j, r in rows.items() if r["status"] in TERMINAL_STATUSES]
             pending = [j for j in job_ids if j not in done]
             finished = bool(done) if mode == "any" else not pending
@@ -532,6 +545,11 @@ class Service:
 
     # ---- insights and hypotheses ----
 
+    @property
+    def metric_direction(self) -> str:
+        """'min' when lower values of the primary metric are better (research.yaml), else 'max'."""
+        return "min" if self.research.metric.lower_is_better else "max"
+
     def append_hypothesis(self, text: str, rationale: str | None = None, tags: list[str] | None = None,
                           jobs: list[str] | None = None, created_by: str = "agent") -> HypothesisResult:
         from . import hypotheses
@@ -552,19 +570,19 @@ class Service:
     def leaderboard(self, gpu_class: str | None = None, top: int = 5) -> Leaderboard:
         from . import insights
 
-        return insights.leaderboard(self.history, self.primary_metric, gpu_class=gpu_class, top=top)
+        return insights.leaderboard(self.history, self.primary_metric, self.metric_direction, gpu_class, top)
 
     def digest(self, since: str | None = None) -> Digest:
         from . import insights
 
-        return insights.digest(self.history, self.primary_metric, since=since)
+        return insights.digest(self.history, self.primary_metric, self.metric_direction, since)
 
     def plot_runs(self, job_ids: list[str] | None = None, series: str = "train_loss", kind: str = "curves",
                   gpu_class: str | None = None) -> Plot:
         from . import insights
 
-        return insights.plot_runs(self.history, self.primary_metric, job_ids=job_ids, series=series, kind=kind,
-                                  gpu_class=gpu_class)
+        return insights.plot_runs(self.history, self.primary_metric, self.metric_direction, job_ids=job_ids,
+                                  series=series, kind=kind, gpu_class=gpu_class)
 
     def describe_history(self, table: str | None = None) -> HistorySchema:
         from . import insights

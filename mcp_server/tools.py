@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import secrets
 import threading
 from contextlib import contextmanager
@@ -29,8 +28,6 @@ from .models import (
     JobStatusName, Leaderboard, SqlResult, SubmitResult, WaitResult,
 )
 from .service import MAX_BATCH, MAX_LOG_LINES, MAX_ROWS, ArcError, Service
-
-log = logging.getLogger("arc.tools")
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
@@ -83,10 +80,10 @@ class ArcMCP(MCPServer):
 
 def answer(result: BaseModel) -> CallToolResult:
     """A result as structured content without its null fields (absent means null in the output schema), which
-    keeps every answer a little smaller for the model; the same JSON as text for clients that read only text."""
-    data = result.model_dump(mode="json", exclude_none=True)
-    return CallToolResult(content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-                          structured_content=data)
+    keeps every answer a little smaller for the model; the same JSON as text for clients that read only text.
+    Through pydantic's JSON, so a diverged run's NaN metric reads as null rather than as invalid JSON."""
+    text = result.model_dump_json(exclude_none=True)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=json.loads(text))
 
 
 def fence_untrusted(job_id: str, text: str) -> str:
@@ -268,7 +265,7 @@ def build_server(service: Service, name: str = "arc") -> MCPServer:
     def autoresearch(goal: str = "the lowest val_bpb within the fleet's budget") -> str:
         """The research protocol: baseline per GPU class, hypothesis-driven waves that keep every GPU busy,
         verdicts, keep/discard within one GPU class, never stop until the budget or a checkpoint says so."""
-        return protocol_text(service.primary_metric, "min", goal)
+        return protocol_text(service.primary_metric, service.metric_direction, goal)
 
     @mcp.resource("arc://fleet", name="fleet", mime_type="application/json",
                   description="hosts and GPUs of the fleet, with the job on each GPU (what list_gpus returns)")
