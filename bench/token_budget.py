@@ -7,8 +7,9 @@ Runs `arc demo`'s scripted researcher through the real MCP client over stdio (`a
 CPU host in a temporary state dir and workdir) and reports every tool answer as the model would read it: Claude
 Code shows the structured content as compact JSON when a result has one, else its text blocks; an image costs
 about width x height / 750 tokens. Text tokens are estimated as characters / 4 (no Claude tokenizer offline).
-Also reported: the fixed cost of the tool list (names, descriptions, input schemas: what a session loads when tool
-search is off) and of the `autoresearch` prompt.
+Also reported: the answers per step of the campaign (survey, baseline, waves, checkpoint, report), and the fixed
+cost of the tool list (names, descriptions, input schemas: what a session loads when tool search is off) and of the
+`autoresearch` prompt.
 """
 from __future__ import annotations
 
@@ -59,6 +60,17 @@ def table(calls: list[Call], fixed: dict[str, int]) -> Table:
     return t
 
 
+def by_step(calls: list[Call]) -> Table:
+    """Answers per step of the campaign, in the order the steps ran."""
+    steps: dict[str, list[Call]] = defaultdict(list)
+    for c in calls:
+        steps[c.step].append(c)
+    t = Table("step", "calls", "tokens", title="per campaign step", title_justify="left")
+    for step, cs in steps.items():
+        t.add_row(step, str(len(cs)), f"{sum(c.tokens for c in cs):,}")
+    return t
+
+
 def markdown(calls: list[Call], fixed: dict[str, int]) -> str:
     per_tool: dict[str, list[Call]] = defaultdict(list)
     for c in calls:
@@ -103,6 +115,7 @@ def main() -> int:
         print(markdown(result.calls, fixed))
     else:
         out.print(table(result.calls, fixed))
+        out.print(by_step(result.calls))
     out.print(f"campaign: {len(result.calls)} calls in {result.seconds:.0f} s; text tokens = chars / 4, "
               "images = width x height / 750")
     return 0

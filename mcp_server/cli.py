@@ -241,13 +241,15 @@ def _read_or_call(args, method: str, **params) -> dict:
             return client.call(method, **params)
         except DaemonError as e:
             raise CliError(str(e)) from None
+    from .research import load_research
     from .service import ArcError, Service
 
     paths = _paths(args)
     if not paths.history.exists():
         raise CliError(f"no history at {paths.history} yet; submit a job first (arc submit) or pass --state-dir")
+    research = load_research(_research_file(args))    # the campaign's metric, space and noise settings
     try:
-        with Service(paths, None, read_only=True) as service:
+        with Service(paths, None, read_only=True, research=research) as service:
             return getattr(service, method)(**params).model_dump(mode="json")
     except ArcError as e:
         raise CliError(str(e)) from None
@@ -391,19 +393,22 @@ def render_hypothesis(console, data: dict) -> None:
 def render_leaderboard(console, data: dict) -> None:
     for c in data["classes"]:
         rows = [[r["rank"], r["job_id"], _fmt(r["metric"]), f"{r['vs_baseline']:+.6f}",
-                 json.dumps(r["changes"]) if r["changes"] else "", "yes" if r["code_changed"] else ""]
-                for r in c["best"]]
-        console.print(_table(f"{c['gpu_class']}: baseline {c['baseline_job']} {_fmt(c['baseline_metric'])}, "
-                             f"{c['runs']} runs", ["rank", "job", data["metric"], "vs baseline", "changes", "code"],
+                 json.dumps(r["changes"]) if r["changes"] else "", "yes" if r["code_changed"] else "",
+                 r.get("significance") or ""] for r in c["best"]]
+        console.print(_table(f"{c['gpu_class']}: baseline {c['baseline_job']} {_fmt(c['baseline_metric'])} "
+                             f"({c.get('baseline_runs', 1)} run(s)), {c['runs']} runs",
+                             ["rank", "job", data["metric"], "vs baseline", "changes", "code", "significance"],
                              rows))
     render_summary(console, data)
 
 
 def render_digest(console, data: dict) -> None:
     render_summary(console, data)
-    for key in ("new_bests", "failures", "hypotheses"):
+    for key in ("new_bests", "failures", "hypotheses", "significance", "health"):
         for line in data.get(key) or []:
-            console.print(f"  {key.replace('_', ' ')}: {line}")
+            console.print(f"  {key.replace('_', ' ')}: {line}", markup=False)
+    if data.get("guardrails"):
+        console.print(f"  guardrails: {data['guardrails']}", markup=False)
     console.print(f"[dim]until {data['until']}[/dim]")
 
 
@@ -425,8 +430,11 @@ def cmd_hypotheses(args) -> int:
         emit(args, _call(args, "append_hypothesis", text=args.text, rationale=args.rationale, tags=args.tag,
                          jobs=args.job, created_by="cli"), render_hypothesis)
     else:
+        if bool(args.a) != bool(args.b):
+            raise CliError("--a and --b go together: the reference runs and the hypothesis's runs")
         emit(args, _call(args, "update_hypothesis", hyp_id=args.hyp_id, status=args.status, verdict=args.verdict,
-                         effect_size=args.effect_size, add_jobs=args.job), render_hypothesis)
+                         effect_size=args.effect_size, add_jobs=args.job,
+                         compare={"a": args.a, "b": args.b} if args.a else None), render_hypothesis)
     return 0
 
 
@@ -453,6 +461,98 @@ def cmd_plot(args) -> int:
     out = Path(args.out)
     out.write_bytes(base64.urlsafe_b64decode(data.pop("png")))  # pydantic writes bytes as url-safe base64
     emit(args, {**data, "path": str(out)}, lambda c, d: c.print(f"{d['summary']}; saved {d['path']}"))
+    return 0
+
+
+# ---- research: guardrails, suggestions, noise, comparisons, snapshots ------------------------------------------
+
+def render_guard(console, data: dict) -> None:
+    console.print(data["summary"], markup=False)
+    rows = [["GPU-hours", f"{data['gpu_hours_used']:.3f} used, {data['gpu_hours_committed']:.3f} committed"
+             + (f", {data['gpu_hours_left']:.3f} left of {data['gpu_hours_budget']:g}"
+                if data.get("gpu_hours_budget") is not None else "")]]
+    if data.get("money_budget") is not None:
+        rows.append(["money", f"{data['money_used']:.2f} used, {data['money_left']:.2f} left of "
+                              f"{data['money_budget']:g}"])
+    rows.append(["checkpoint", f"{data['experiments_since_checkpoint']} experiments"
+                 + (f" of {data['checkpoint_every']}" if data.get("checkpoint_every") else "")
+                 + f", {data['hours_since_checkpoint']:.2f} h"
+                 + (f" of {data['checkpoint_every_hours']:g}" if data.get("checkpoint_every_hours") else "")
+                 + " since the last approval"])
+    rows.append(["GPUs", f"{data['gpus_in_use']} in use" + (f" of {data['max_gpus']}" if data.get("max_gpus")
+                                                            else "")])
+    if data.get("last_approval_at"):
+        rows.append(["last approval", f"{data['last_approval_at']} by {data.get('last_approval_by') or '?'}: "
+                                      f"{data.get('last_approval_note') or '(no note)'}"])
+    if data.get("paused"):
+        rows.append(["PAUSED", f"{data['paused']}; {data['resume']}"])
+    table = _table(None, ["", ""], rows)
+    table.show_header = False
+    console.print(table)
+
+
+def render_suggestions(console, data: dict) -> None:
+    keys = sorted({k for c in data["configs"] for k in c})
+    console.print(_table(None, ["#", *keys], [[i + 1, *(_fmt(c.get(k)) for k in keys)]
+                                             for i, c in enumerate(data["configs"])]))
+    render_summary(console, data)
+
+
+def render_comparison(console, data: dict) -> None:
+    console.print(data["summary"], markup=False)
+    rows = [["a", data.get("gpu_class_a"), data["n_a"], _fmt(data["mean_a"])],
+            ["b", data.get("gpu_class_b"), data["n_b"], _fmt(data["mean_b"])]]
+    console.print(_table(None, ["side", "class", "runs", "mean"], rows))
+    if data.get("next"):
+        console.print(f"[dim]next: {data['next']}[/dim]", highlight=False)
+
+
+def render_diff(console, data: dict) -> None:
+    console.print(data["summary"], markup=False)
+    for line in data["settings"] + data["files"]:
+        console.print(f"  {line}", markup=False)
+    if data.get("diff"):
+        sys.stdout.write("\n" + data["diff"])
+
+
+def cmd_research(args) -> int:
+    emit(args, _call(args, "research_status"), render_guard)
+    return 0
+
+
+def cmd_approve(args) -> int:
+    import getpass
+
+    emit(args, _call(args, "approve", note=args.note, by=getpass.getuser()), render_guard)
+    return 0
+
+
+def cmd_suggest(args) -> int:
+    emit(args, _read_or_call(args, "suggest_configs", n=args.n, sampler=args.sampler, gpu_class=args.gpu_class,
+                             seed=args.seed, preset=args.preset, fixed=_parse_overrides(args.set or []) or None),
+         render_suggestions)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    emit(args, _read_or_call(args, "compare_runs", a=args.a, b=args.b), render_comparison)
+    return 0
+
+
+def cmd_noise(args) -> int:
+    emit(args, _call(args, "measure_noise", gpu_class=args.gpu_class, seeds=args.seeds, preset=args.preset,
+                     config=_parse_overrides(args.set or []) or None), render_submit)
+    return 0
+
+
+def cmd_diff(args) -> int:
+    emit(args, _read_or_call(args, "diff_jobs", a=args.a, b=args.b, max_lines=args.max_lines), render_diff)
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    emit(args, _call(args, "rerun_job", job_id=args.job_id, seeds=args.seeds, gpu_class=args.gpu_class,
+                     same_host=args.same_host), render_submit)
     return 0
 
 
@@ -571,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     hu.add_argument("--verdict")
     hu.add_argument("--effect-size", type=float)
     hu.add_argument("--job", action="append", help="link a job (repeatable)")
+    hu.add_argument("--a", nargs="+", metavar="JOB", help="compare: reference runs (the verdict states the result)")
+    hu.add_argument("--b", nargs="+", metavar="JOB", help="compare: the hypothesis's runs")
     hy.set_defaults(fn=cmd_hypotheses)
 
     lb = sub.add_parser("leaderboard", help="best runs per GPU class with their changes from the baseline")
@@ -593,6 +695,48 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu-class")
     pl.add_argument("-o", "--out", default="arc-plot.png")
     pl.set_defaults(fn=cmd_plot)
+
+    rs = sub.add_parser("research", help="the campaign's guardrails: research status")
+    rs.add_argument("research_action", choices=["status"])
+    rs.set_defaults(fn=cmd_research)
+
+    ap = sub.add_parser("approve", help="a person's go-ahead at a checkpoint; the note is shown to the agent")
+    ap.add_argument("--note", help="what the agent should know for the next stretch")
+    ap.set_defaults(fn=cmd_approve)
+
+    sg = sub.add_parser("suggest", help="configs inside research.yaml's search space from Optuna (TPE or CMA-ES)")
+    sg.add_argument("-n", type=int, default=8, help="how many (default 8)")
+    sg.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
+    sg.add_argument("--gpu-class", help="learn from this class's runs (default: the class with most runs)")
+    sg.add_argument("--preset", help="learn from, and suggest for, runs of this trainer preset")
+    sg.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="settings outside the space runs share")
+    sg.add_argument("--seed", type=int, default=0)
+    sg.set_defaults(fn=cmd_suggest)
+
+    cp = sub.add_parser("compare", help="runs --b against runs --a: class, runs per side, difference, significance")
+    cp.add_argument("--a", nargs="+", required=True, metavar="JOB", help="reference runs, e.g. the baseline's seeds")
+    cp.add_argument("--b", nargs="+", required=True, metavar="JOB", help="candidate runs")
+    cp.set_defaults(fn=cmd_compare)
+
+    nz = sub.add_parser("noise", help="the baseline with several seeds per GPU class: the noise floor")
+    nz.add_argument("--gpu-class", help="one class (default: each class of the fleet)")
+    nz.add_argument("--seeds", type=int, help="seeds per class (default: research.yaml noise.seeds)")
+    nz.add_argument("--preset")
+    nz.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="the baseline's trainer overrides")
+    nz.set_defaults(fn=cmd_noise)
+
+    df = sub.add_parser("diff", help="settings and code differences from job A to job B")
+    df.add_argument("a")
+    df.add_argument("b")
+    df.add_argument("--max-lines", type=int, default=300)
+    df.set_defaults(fn=cmd_diff)
+
+    rr = sub.add_parser("rerun", help="a job's exact code and config again, with new seeds or on another class")
+    rr.add_argument("job_id")
+    rr.add_argument("--seeds", type=int, nargs="+")
+    rr.add_argument("--gpu-class")
+    rr.add_argument("--same-host", action="store_true")
+    rr.set_defaults(fn=cmd_rerun)
 
     dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client "
                                      "(state dir default ./.arc-demo)")

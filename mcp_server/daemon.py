@@ -37,10 +37,12 @@ from .service import ArcError, Service
 
 log = logging.getLogger("arc.daemon")
 
-# Service operations the CLI may call over /rpc (the MCP tools are the other door to the same methods).
+# Service operations the CLI may call over /rpc (the MCP tools are the other door to the same methods). `approve`
+# is here and deliberately not an MCP tool: lifting a checkpoint is the person's act, through the owner-only socket.
 RPC_METHODS = ("list_gpus", "submit_jobs", "job_status", "list_jobs", "cancel_jobs", "tail_log", "wait_for_jobs",
                "query_results", "append_hypothesis", "update_hypothesis", "list_hypotheses", "leaderboard", "digest",
-               "plot_runs", "describe_history")
+               "plot_runs", "describe_history", "research_status", "approve", "suggest_configs", "compare_runs",
+               "measure_noise", "diff_jobs", "rerun_job")
 
 
 def _bind_unix(path: Path) -> socket.socket:

@@ -1,11 +1,16 @@
 """`arc demo`: a short research campaign on this machine, driven through the real MCP client over stdio.
 
-It launches `arc mcp` exactly as Claude Code does (which starts the daemon for the demo's state dir), prepares the
-trainer's data, and lets a scripted researcher (no model) follow the `autoresearch` protocol: a baseline, a wave of
-variations that each test a written hypothesis, verdicts, a follow-up that keeps or discards, then a leaderboard,
-a digest and plots saved as PNG files. Every tool answer's size is recorded (bench/token_budget.py reports them).
+It launches `arc mcp` exactly as Claude Code does (which starts the daemon for the demo's state dir, under the
+demo's own research.yaml), prepares the trainer's data, and lets a scripted researcher (no model) follow the
+`autoresearch` protocol: a noise-floor baseline (two seeds), a wave of variations that each test a written
+hypothesis, verdicts that state their significance, a wave of TPE suggestions that runs into a human checkpoint
+(the person approves with `arc approve`, as a person would, and the note reaches the researcher), a second seed for
+the best change with a Welch test, then a leaderboard, a digest, a code diff and plots saved as PNG files. Every tool
+answer's size is recorded (bench/token_budget.py reports them).
 
-A campaign is the list `Researcher.steps`: to add a step, write an `async def` method and list it there.
+Each run starts a fresh history in the demo's state dir (its dataset and code snapshots are kept), so repeated demos
+neither pile up nor trip the checkpoint early. A campaign is the list `Researcher.steps`: to add a step, write an
+`async def` method and list it there.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import datetime as dt
 import json
 import math
 import os
+import shlex
 import struct
 import subprocess
 import sys
@@ -38,14 +44,35 @@ DEFAULT_STATE_DIR = ".arc-demo"
 DEFAULT_STEPS = 40
 # The trainer's smallest preset on a small dataset, with a step budget: on the CPU the same config and seed then
 # give the same val_bpb whatever the machine's load (a time budget would make verdicts depend on it), so the
-# differences the verdicts read are the changes' own. A run takes ~15-25 s on 2 cores.
+# differences the verdicts read are the changes' own. A run takes ~10-25 s on 2 cores.
 PRESET = "cpu-tiny"
 DATA_ARGS = ["--max-bytes", "2000000", "--vocab-size", "2048"]
-# The noise floor is the baseline's difference between two seeds (measured each campaign), at least this much.
-SECOND_SEED = 7
-MIN_NOISE = 0.005
 TOOL_TIMEOUT_S = 900.0
 FLEET_WAIT_S = 30.0
+WAIT_SLICE_S = 60          # each wait_for_jobs call, so a pause is noticed even when nothing else ends
+SUGGESTIONS = 3
+MARKER = "DEMO"            # a state dir the demo made: its history is the demo's to replace
+RULES_FILE = "research.yaml"
+# The demo campaign's rules: a search space that fits the cpu-tiny preset, and a checkpoint after 8 experiments
+# (the baseline's 2 seeds and wave 1's 4 runs fit before it; the suggestion wave runs into it).
+RULES = """\
+# research.yaml of `arc demo` (written by the demo at each run; see mcp_server/research/config.py)
+metric: {name: val_bpb, direction: minimize}
+search_space:
+  matrix_lr:      {type: float, min: 0.01, max: 0.12, log: true}
+  embedding_lr:   {type: float, min: 0.1,  max: 2.0,  log: true}
+  warmdown_ratio: {type: float, min: 0.1,  max: 0.9}
+  weight_decay:   {type: float, min: 0.0,  max: 0.4}
+baseline: {matrix_lr: 0.04, embedding_lr: 0.6, warmdown_ratio: 0.5, weight_decay: 0.2}
+hard_limit_s: 600
+budgets: {gpu_hours: 1}
+checkpoint: {every_experiments: 8}
+command_policy: {mode: trainer_only}
+noise: {seeds: 2, alpha: 0.05}
+stagnation: {window: 6}
+"""
+APPROVAL_NOTE = ("Checked the first eight runs: sane. Keep the step budget; confirm the best change with a second "
+                 "seed before keeping it.")
 
 
 class DemoError(RuntimeError):
@@ -77,6 +104,17 @@ def png_size(b64: str) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+def summary(result: CallToolResult) -> str:
+    """The answer's one-line summary: structured, a JSON header's, or a plot's text."""
+    if result.structured_content is not None:
+        return result.structured_content["summary"]
+    first = next(b.text for b in result.content if isinstance(b, TextContent))
+    try:
+        return json.loads(first)["summary"]
+    except ValueError:
+        return first
+
+
 @dataclass
 class Call:
     step: str
@@ -85,6 +123,28 @@ class Call:
     tokens: int
     seconds: float
     error: bool
+
+
+# ---- the person ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Person:
+    """The human at a checkpoint: approves with `arc approve` on the command line (the daemon's owner-only socket),
+    the one door the agent's MCP tools do not have."""
+    paths: StatePaths
+    hosts_file: Path
+    console: Console
+
+    async def approve(self, note: str) -> None:
+        argv = [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.paths.root), "--hosts",
+                str(self.hosts_file), "--research", str(self.paths.root / RULES_FILE), "approve", "--note", note]
+        self.console.print(f"[bold magenta]person[/] $ arc approve --note {shlex.quote(note)}")
+        proc = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=120,
+                                       env=repo_env())
+        if proc.returncode != 0:
+            raise DemoError(f"arc approve failed: {proc.stderr.strip()}")
+        for line in proc.stdout.rstrip().splitlines():
+            self.console.print(f"  {line}", style="magenta", markup=False, highlight=False)
 
 
 # ---- the researcher ------------------------------------------------------------------------------------------
@@ -100,7 +160,7 @@ class Idea:
     metric: float | None = None
 
 
-IDEAS = [   # inside the repository's research.yaml search space
+IDEAS = [   # inside the demo's search space (RULES)
     Idea("A higher Muon learning rate (matrix_lr 0.08 vs 0.04) lowers val_bpb in a short run",
          {"matrix_lr": 0.08}),
     Idea("A higher embedding learning rate (embedding_lr 1.2 vs 0.6) lowers val_bpb: embeddings learn slowly "
@@ -112,25 +172,37 @@ IDEAS = [   # inside the repository's research.yaml search space
 ]
 
 
+def changed(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def moved(comparison: dict) -> int:
+    """-1: the metric went down beyond the noise, +1: up beyond it, 0: within it (or no verdict)."""
+    if not comparison.get("significant"):
+        return 0
+    return -1 if comparison["diff"] < 0 else +1
+
+
 @dataclass
 class Researcher:
     client: Client
     console: Console
     train_steps: int
     out_dir: Path
+    person: Person
     calls: list[Call] = field(default_factory=list)
     step: str = ""
-    baseline: dict | None = None       # the default config at the default seed, and at SECOND_SEED
-    second: dict | None = None
-    noise: float = MIN_NOISE
+    baseline: list[dict] = field(default_factory=list)     # the default config at seeds 0 and 1 (measure_noise)
     ideas: list[Idea] = field(default_factory=list)
-    follow_ups: list[str] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)         # every ended run besides the baseline's
     started_at: str | None = None
     pngs: list[Path] = field(default_factory=list)
+    checkpoints: int = 0
 
     @property
     def steps(self):
-        return [self.survey, self.run_baseline, self.first_wave, self.judge_wave, self.follow_up, self.report]
+        return [self.survey, self.run_baseline, self.first_wave, self.judge_wave, self.suggestion_wave,
+                self.confirm_best, self.report]
 
     async def run(self) -> None:
         for step in self.steps:
@@ -152,7 +224,7 @@ class Researcher:
 
     async def data(self, tool: str, **args: Any) -> dict:
         result = await self.call(tool, **args)
-        self.console.print(f"[cyan]{tool}[/cyan] → {result.structured_content['summary']}")
+        self.console.print(f"[cyan]{tool}[/cyan] → {result.structured_content['summary']}", highlight=False)
         return result.structured_content
 
     async def submit(self, jobs: list[dict]) -> list[str]:
@@ -160,25 +232,46 @@ class Researcher:
         return [j["job_id"] for j in answer["jobs"]]
 
     async def wait(self, job_ids: list[str]) -> dict[str, dict]:
-        """wait_for_jobs(all) with its progress notifications on a progress bar; returns the ended jobs by id."""
-        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed:.0f}/{task.total:.0f} ended"), TimeElapsedColumn(),
-                      console=self.console, transient=True) as bar:
-            task = bar.add_task(f"waiting for {', '.join(job_ids)}", total=len(job_ids))
+        """wait_for_jobs with its progress notifications on a progress bar, until every job has ended; returns
+        them by id. An answer that starts with PAUSED means the campaign waits for the person: the researcher
+        stops and reports (`checkpoint`), the person approves, and the wave goes on."""
+        ended: dict[str, dict] = {}
+        while len(ended) < len(job_ids):
+            with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed:.0f}/{task.total:.0f} ended"), TimeElapsedColumn(),
+                          console=self.console, transient=True) as bar:
+                task = bar.add_task(f"waiting for {', '.join(job_ids)}", total=len(job_ids), completed=len(ended))
 
-            async def progress(done: float, total: float | None, message: str | None) -> None:
-                bar.update(task, completed=done, total=total or len(job_ids), description=message or "waiting")
+                async def progress(done: float, total: float | None, message: str | None) -> None:
+                    bar.update(task, description=message or "waiting")
 
-            ended: dict[str, dict] = {}
-            while len(ended) < len(job_ids):
                 pending = [j for j in job_ids if j not in ended]
-                result = await self.call("wait_for_jobs", progress=progress, job_ids=pending, mode="all",
-                                         timeout_s=600)
-                for job in result.structured_content["done"]:
-                    ended[job["job_id"]] = job
-                bar.update(task, completed=len(ended))
-        self.console.print(f"[cyan]wait_for_jobs[/cyan] → {result.structured_content['summary']}")
+                result = await self.call("wait_for_jobs", progress=progress, job_ids=pending, mode="any",
+                                         timeout_s=WAIT_SLICE_S)
+            for job in result.structured_content["done"]:
+                ended[job["job_id"]] = job
+            if summary(result).startswith("PAUSED") and len(ended) < len(job_ids):
+                await self.checkpoint()
+        self.console.print(f"[cyan]wait_for_jobs[/cyan] → {len(ended)} of {len(job_ids)} ended "
+                           f"({sum(j['status'] == 'succeeded' for j in ended.values())} succeeded)")
         return ended
+
+    async def checkpoint(self) -> None:
+        """The campaign is paused for review: report, and go on only once the person has approved."""
+        self.checkpoints += 1
+        step, self.step = self.step, "checkpoint"       # its calls count apart in bench/token_budget.py
+        self.console.rule("[bold yellow]Checkpoint: the campaign waits for a person")
+        status = await self.data("research_status")
+        if not (status.get("paused") or "").startswith("paused for review"):
+            raise DemoError(f"the campaign is held for another reason than a checkpoint: {status['summary']}")
+        self.console.print(Panel(f"{status['paused']}\nqueued jobs stay queued; {status['resume']}",
+                                 title="PAUSED", style="yellow"))
+        await self.data("digest", since=self.started_at)
+        await self.person.approve(APPROVAL_NOTE)
+        status = await self.data("research_status")
+        self.console.print(f"  the person's note reaches the researcher: [italic]{status['last_approval_note']}[/]")
+        self.console.rule("[bold yellow]approved: the wave goes on")
+        self.step = step
 
     async def fleet(self) -> dict:
         """list_gpus once every host has answered (a daemon that just started is still connecting), or after
@@ -195,38 +288,47 @@ class Researcher:
         return result.structured_content
 
     def trainer_job(self, change: dict[str, Any], **extra: Any) -> dict:
-        return {"config": {**change, "max_steps": self.train_steps}, "preset": PRESET, "tags": ["demo"], **extra}
+        """A run of the default config with `change`, at seed 0 (the baseline's first seed) unless told."""
+        return {"config": {**change, "max_steps": self.train_steps}, "preset": PRESET, "seed": 0,
+                "tags": ["demo"], **extra}
+
+    @property
+    def baseline_ids(self) -> list[str]:
+        return [j["job_id"] for j in self.baseline]
+
+    def best_run(self) -> dict:
+        return min(self.runs, key=lambda j: j["metric"])
+
+    async def compare(self, a: list[str], b: list[str]) -> dict:
+        return await self.data("compare_runs", a=a, b=b)
 
     # ---- the campaign --------------------------------------------------------------------------------------
 
     async def survey(self) -> None:
-        """Survey: the fleet, and what the history already holds"""
+        """Survey: the fleet, the campaign's rules, and what the history already holds"""
         self.started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         fleet = await self.fleet()
         for host in fleet["hosts"]:
             what = (f"{len(host['gpus'])} GPUs, {host['cpu_slots']} CPU slots" if host["reachable"]
                     else f"unreachable: {host['error']}")
             self.console.print(f"  {host['name']}: {what}")
+        await self.data("research_status")
         await self.data("describe_history")
-        board = await self.data("leaderboard")
-        if board["classes"]:
-            self.console.print("  earlier runs are in this history; this campaign adds its own baseline and wave")
+        await self.data("leaderboard")
 
     async def run_baseline(self) -> None:
-        """Baseline: the default config first, with two seeds, whose difference is the noise floor"""
-        ids = await self.submit([self.trainer_job({}, tags=["demo", "baseline"], name="baseline"),
-                                 self.trainer_job({}, tags=["demo", "baseline"], name="baseline, seed 7",
-                                                  seed=SECOND_SEED)])
+        """Baseline: the default config with two seeds (measure_noise): their spread is the noise floor"""
+        answer = await self.data("measure_noise", seeds=2, config={"max_steps": self.train_steps}, preset=PRESET)
+        ids = [j["job_id"] for j in answer["jobs"]]
         ended = await self.wait(ids)
         for job_id in ids:
             if ended[job_id]["status"] != "succeeded" or ended[job_id].get("metric") is None:
                 log = await self.call("tail_log", job_id=job_id, lines=20)
                 raise DemoError(f"the baseline {job_id} {ended[job_id]['status']}; its log:\n{log.content[1].text}")
-        self.baseline, self.second = ended[ids[0]], ended[ids[1]]
-        self.noise = max(MIN_NOISE, round(abs(self.baseline["metric"] - self.second["metric"]), 6))
-        self.console.print(f"  baseline {ids[0]}: val_bpb {self.baseline['metric']:.4f}, with seed {SECOND_SEED} "
-                           f"{ids[1]}: {self.second['metric']:.4f} on {self.baseline.get('gpu_class')}; "
-                           f"noise floor {self.noise:.4f}")
+        self.baseline = [ended[j] for j in ids]
+        first, second = self.baseline
+        self.console.print(f"  baseline {first['job_id']} (seed 0): val_bpb {first['metric']:.4f}, "
+                           f"{second['job_id']} (seed 1): {second['metric']:.4f} on {first.get('gpu_class')}")
 
     async def first_wave(self) -> None:
         """Wave 1: one hypothesis per idea, written before its run, all submitted at once"""
@@ -239,71 +341,94 @@ class Researcher:
         ended = await self.wait(ids)
         for idea in self.ideas:
             idea.metric = ended[idea.job_id].get("metric")
-
-    def verdict(self, job_id: str, metric: float, ref: dict) -> tuple[float, int, str]:
-        """The effect against a reference run of the same seed, whether it clears the noise floor (-1 lower,
-        +1 higher, 0 within noise), and the verdict line that says so."""
-        effect = round(metric - ref["metric"], 6)
-        moved = -1 if effect < -self.noise else +1 if effect > self.noise else 0
-        words = "within noise" if moved == 0 else "clears the noise floor"
-        return effect, moved, (f"{ref.get('gpu_class')}: {job_id} {metric:.4f} vs {ref['job_id']} "
-                               f"{ref['metric']:.4f} ({effect:+.4f}, {words} {self.noise:.4f})")
+        self.runs += [ended[j] for j in ids if ended[j].get("metric") is not None]
 
     async def judge_wave(self) -> None:
-        """Verdicts: each hypothesis against the baseline of its GPU class, beyond the noise floor or not"""
-        table = Table("hypothesis", "job", "change", "val_bpb", "vs baseline", "verdict", show_edge=False)
+        """Verdicts: each run against the baseline's two seeds, and whether the difference clears the noise"""
+        table = Table("hypothesis", "job", "change", "val_bpb", "vs baseline", "noise", "verdict", show_edge=False)
         for idea in self.ideas:
             if idea.metric is None:
-                status, verdict, effect = "abandoned", f"{idea.job_id} produced no val_bpb", None
-            else:
-                effect, moved, verdict = self.verdict(idea.job_id, idea.metric, self.baseline)
-                status = "supported" if moved == idea.expect else "refuted"
-            await self.data("update_hypothesis", hyp_id=idea.hyp_id, status=status, verdict=verdict,
-                            effect_size=effect)
-            table.add_row(idea.hyp_id, idea.job_id, json.dumps(idea.change),
-                          "-" if idea.metric is None else f"{idea.metric:.4f}",
-                          "-" if effect is None else f"{effect:+.4f}", status)
+                await self.data("update_hypothesis", hyp_id=idea.hyp_id, status="abandoned",
+                                verdict=f"{idea.job_id} produced no val_bpb")
+                table.add_row(idea.hyp_id, idea.job_id, changed(idea.change), "-", "-", "-", "abandoned")
+                continue
+            sides = {"a": self.baseline_ids, "b": [idea.job_id]}
+            comparison = await self.compare(**sides)
+            status = "supported" if moved(comparison) == idea.expect else "refuted"
+            await self.data("update_hypothesis", hyp_id=idea.hyp_id, status=status, compare=sides)
+            table.add_row(idea.hyp_id, idea.job_id, changed(idea.change), f"{idea.metric:.4f}",
+                          f"{comparison['diff']:+.4f}", comparison["summary"].split(" (")[0], status)
         self.console.print(table)
 
-    async def follow_up(self) -> None:
-        """Wave 2: stack the changes that cleared the noise, or retry the best change with the second seed"""
-        tried = sorted((i for i in self.ideas if i.metric is not None), key=lambda i: i.metric)
+    async def suggestion_wave(self) -> None:
+        """Wave 2: classical proposals (TPE over research.yaml's search space, learned from the runs so far)"""
+        answer = await self.data("suggest_configs", n=SUGGESTIONS, preset=PRESET,
+                                 fixed={"max_steps": self.train_steps})
+        keys = sorted({k for c in answer["configs"] for k in c if k != "max_steps"})
+        table = Table("#", *keys, show_edge=False)
+        for i, config in enumerate(answer["configs"], 1):
+            table.add_row(str(i), *(f"{config[k]:.4g}" for k in keys))
+        self.console.print(table)
+        best = self.best_run()
+        hyp = (await self.data("append_hypothesis", text=f"TPE's proposals, learned from {answer['based_on']} "
+                               f"runs, beat the best hand-made change so far ({best['job_id']} "
+                               f"{best['metric']:.4f})"))["hypothesis"]["hyp_id"]
+        ids = await self.submit([{"config": c, "preset": answer["preset"], "seed": 0, "tags": ["demo", "tpe"],
+                                  "hypothesis_id": hyp} for c in answer["configs"]])
+        ended = await self.wait(ids)
+        tried = [ended[j] for j in ids if ended[j].get("metric") is not None]
+        self.runs += tried
         if not tried:
-            self.console.print("  nothing to follow up: no run of wave 1 produced a metric")
+            await self.data("update_hypothesis", hyp_id=hyp, status="abandoned", verdict="no proposal ran")
             return
-        helped = [i for i in tried if i.metric < self.baseline["metric"] - self.noise]
-        if len(helped) > 1:    # the stack against its best part, at the same seed
-            change = {k: v for i in helped for k, v in i.change.items()}
-            ref, extra = {**self.baseline, "job_id": helped[0].job_id, "metric": helped[0].metric}, {}
-            text = f"Stacking the changes that helped ({json.dumps(change)}) beats the best of them alone"
-        else:                  # the best change at the second seed, against the baseline of that seed
-            change, ref, extra = tried[0].change, self.second, {"seed": SECOND_SEED}
-            text = f"{json.dumps(change)} also lowers val_bpb at seed {SECOND_SEED}"
-        hyp = (await self.data("append_hypothesis", text=text))["hypothesis"]["hyp_id"]
-        ids = await self.submit([self.trainer_job(change, hypothesis_id=hyp, **extra)])
-        self.follow_ups += ids
-        metric = (await self.wait(ids))[ids[0]].get("metric")
-        if metric is None:
-            await self.data("update_hypothesis", hyp_id=hyp, status="abandoned", verdict=f"{ids[0]} failed")
+        top = min(tried, key=lambda j: j["metric"])
+        sides = {"a": [best["job_id"]], "b": [top["job_id"]]}
+        comparison = await self.compare(**sides)
+        await self.data("update_hypothesis", hyp_id=hyp, compare=sides,
+                        status="supported" if moved(comparison) == -1 else "refuted")
+
+    async def confirm_best(self) -> None:
+        """Wave 3: the best change at a second seed (rerun_job), then Welch's t-test against the baseline"""
+        best = self.best_run()
+        ids = [j["job_id"] for j in (await self.data("rerun_job", job_id=best["job_id"], seeds=[1]))["jobs"]]
+        ended = await self.wait(ids)
+        if ended[ids[0]].get("metric") is None:
+            self.console.print(f"  {ids[0]} produced no val_bpb: nothing to confirm")
             return
-        effect, moved, verdict = self.verdict(ids[0], metric, ref)
-        keep = moved == -1
-        await self.data("update_hypothesis", hyp_id=hyp, status="supported" if keep else "refuted",
-                        verdict=f"{verdict}; {'keep' if keep else 'discard'}", effect_size=effect)
-        self.console.print(f"  {'[green]keep' if keep else '[red]discard'}[/] {json.dumps(change)}")
+        self.runs.append(ended[ids[0]])
+        sides = {"a": self.baseline_ids, "b": [best["job_id"], ids[0]]}
+        comparison = await self.compare(**sides)
+        keep = moved(comparison) == -1
+        hyp = (await self.data("append_hypothesis", text=f"{best['job_id']}'s change beats the baseline at both "
+                               "seeds"))["hypothesis"]["hyp_id"]
+        await self.data("update_hypothesis", hyp_id=hyp, status="supported" if keep else "refuted", compare=sides,
+                        verdict="keep" if keep else "discard: not beyond the noise at two seeds")
+        self.console.print(Panel(comparison["summary"], title=f"significance: {best['job_id']} + {ids[0]} vs the "
+                                 f"baseline {' + '.join(self.baseline_ids)}", style="green" if keep else "red"))
 
     async def report(self) -> None:
-        """Report: leaderboard, digest, the best run's log, plots"""
+        """Report: leaderboard, digest, what changed, the best run's log, plots"""
         board = await self.data("leaderboard")
         for cls in board["classes"]:
-            table = Table("rank", "job", "val_bpb", "vs baseline", "changes", title=f"{cls['gpu_class']} "
-                          f"(baseline {cls['baseline_job']}, {cls['runs']} runs)", title_justify="left",
-                          show_edge=False)
+            table = Table("rank", "job", "val_bpb", "vs baseline", "changes", "significance",
+                          title=f"{cls['gpu_class']} (baseline {cls['baseline_job']}, {cls['baseline_runs']} seeds; "
+                                f"{cls['runs']} runs)", title_justify="left", show_edge=False)
             for run in cls["best"]:
                 table.add_row(str(run["rank"]), run["job_id"], f"{run['metric']:.4f}",
-                              f"{run['vs_baseline']:+.4f}", json.dumps(run["changes"]) if run["changes"] else "")
+                              f"{run['vs_baseline']:+.4f}", changed(run["changes"]),
+                              run.get("significance") or "(baseline seed)")
             self.console.print(table)
-        await self.data("digest", since=self.started_at)
+        digest = await self.data("digest", since=self.started_at)
+        for key in ("significance", "health"):
+            for line in digest.get(key) or []:
+                self.console.print(f"  {key}: {line}", markup=False, highlight=False)
+        self.console.print(f"  guardrails: {digest.get('guardrails')}", markup=False, highlight=False)
+        best_job = board["classes"][0]["best"][0]["job_id"]
+        diff = await self.call("diff_jobs", a=self.baseline_ids[0], b=best_job)
+        header = json.loads(diff.content[0].text)
+        self.console.print(f"[cyan]diff_jobs[/cyan] → {header['summary']}", highlight=False)
+        for line in header["settings"]:
+            self.console.print(f"  {line}", markup=False, highlight=False)
         await self.data("list_hypotheses")
         answer = await self.data("query_results", sql="SELECT status, count(*) AS jobs, round(min(val_bpb), 4) "
                                                       "AS best_val_bpb FROM runs GROUP BY status ORDER BY status")
@@ -311,12 +436,11 @@ class Researcher:
         for row in answer["rows"]:
             rows.add_row(*("" if v is None else str(v) for v in row))
         self.console.print(rows)
-        best_job = board["classes"][0]["best"][0]["job_id"]
         log = await self.call("tail_log", job_id=best_job, lines=6)
         self.console.print(f"[cyan]tail_log[/cyan] → {json.loads(log.content[0].text)['summary']}")
         self.console.print(Panel(log.content[1].text, title=f"{best_job}: last lines (fenced as untrusted)",
                                  style="dim"))
-        curves = [self.baseline["job_id"], self.second["job_id"]] + [i.job_id for i in self.ideas] + self.follow_ups
+        curves = self.baseline_ids + [j["job_id"] for j in self.runs][:10]
         await self.plot("curves.png", job_ids=curves, series="train_loss", kind="curves")
         await self.plot("best.png", kind="best")
 
@@ -326,14 +450,14 @@ class Researcher:
         path = self.out_dir / filename
         path.write_bytes(base64.b64decode(image.data))
         self.pngs.append(path)
-        summary = next(b.text for b in result.content if isinstance(b, TextContent))
-        self.console.print(f"[cyan]plot_runs[/cyan] → {summary}; saved [bold]{path}[/bold]")
+        self.console.print(f"[cyan]plot_runs[/cyan] → {summary(result)}; saved [bold]{path}[/bold]")
 
 
 # ---- set-up: data and the stdio connection -------------------------------------------------------------------
 
-def prepare_data(paths: StatePaths, console: Console) -> str:
-    """The trainer's dataset in the state dir (`data/<hash>`, named by `data/CURRENT`), built once."""
+def prepare_data(paths: StatePaths, console: Console, prepare_args: list[str] | None = None) -> str:
+    """The trainer's dataset in the state dir (`data/<hash>`, named by `data/CURRENT`), built once with
+    `python -m trainer.prepare` and `prepare_args` (default: the demo's size)."""
     from .fleet import content_hash
 
     current = paths.data_dir / "CURRENT"
@@ -345,7 +469,8 @@ def prepare_data(paths: StatePaths, console: Console) -> str:
     with console.status("preparing the trainer's data (tokenizer + token streams from Python's stdlib)"):
         with tempfile.TemporaryDirectory(dir=paths.data_dir, prefix=".incoming-") as tmp:
             out = Path(tmp) / "data"
-            proc = subprocess.run([sys.executable, "-m", "trainer.prepare", "--out", str(out), *DATA_ARGS],
+            proc = subprocess.run([sys.executable, "-m", "trainer.prepare", "--out", str(out),
+                                   *(DATA_ARGS if prepare_args is None else prepare_args)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise DemoError(f"trainer.prepare failed:\n{proc.stderr[-2000:]}")
@@ -360,12 +485,35 @@ def prepare_data(paths: StatePaths, console: Console) -> str:
     return digest
 
 
-def bridge_params(paths: StatePaths, hosts_file: Path) -> StdioServerParameters:
-    """`arc mcp` for this state dir and fleet, as Claude Code would launch it (same interpreter)."""
+def repo_env() -> dict[str, str]:
+    """This environment with the repository importable (the demo's subprocesses run its code)."""
     repo = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+
+
+def bridge_params(paths: StatePaths, hosts_file: Path) -> StdioServerParameters:
+    """`arc mcp` for this state dir, fleet and the demo's research.yaml, as Claude Code would launch it (same
+    interpreter)."""
     return StdioServerParameters(command=sys.executable, args=[
-        "-m", "mcp_server.cli", "--state-dir", str(paths.root), "--hosts", str(hosts_file), "mcp"], env=env)
+        "-m", "mcp_server.cli", "--state-dir", str(paths.root), "--hosts", str(hosts_file),
+        "--research", str(paths.root / RULES_FILE), "mcp"], env=repo_env())
+
+
+def fresh_campaign(paths: StatePaths) -> None:
+    """A new history and the demo's rules in its state dir; the dataset and code snapshots stay. A state dir the
+    demo did not make is refused rather than emptied."""
+    from .daemon_client import DaemonClient
+
+    marker = paths.root / MARKER
+    histories = sorted(paths.root.glob("history*.duckdb*"))
+    if histories and not marker.exists():
+        raise DemoError(f"{paths.root} holds a history the demo did not make; give the demo a state dir of its own "
+                        f"(--state-dir), e.g. {DEFAULT_STATE_DIR}")
+    DaemonClient(paths).stop()          # a daemon kept from an earlier demo holds the old history
+    for path in histories:
+        path.unlink()
+    marker.write_text("made by `arc demo`: its history is replaced at each run\n")
+    (paths.root / RULES_FILE).write_text(RULES)
 
 
 @dataclass
@@ -379,8 +527,10 @@ class DemoResult:
 async def campaign(paths: StatePaths, hosts_file: Path, console: Console, steps: int) -> Researcher:
     with open(paths.root / "bridge.log", "a") as errlog:
         async with Client(stdio_client(bridge_params(paths, hosts_file), errlog=errlog)) as client:
-            researcher = Researcher(client, console, steps, paths.root)
+            researcher = Researcher(client, console, steps, paths.root, Person(paths, hosts_file, console))
             await researcher.run()
+    if not researcher.checkpoints:
+        raise DemoError("the campaign never reached its checkpoint (research.yaml checkpoint.every_experiments)")
     return researcher
 
 
@@ -402,8 +552,10 @@ def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int =
     console = console or Console(highlight=False)
     started = time.perf_counter()
     paths = StatePaths.resolve(state_dir or DEFAULT_STATE_DIR).ensure()
-    console.print(Panel(f"state dir [bold]{paths.root}[/bold]\nfleet     [bold]{hosts_file}[/bold]\n"
-                        f"runs      {steps} training steps each ({PRESET} preset)", title="arc demo"))
+    fresh_campaign(paths)
+    console.print(Panel(f"state dir [bold]{paths.root}[/bold] (a fresh history)\nfleet     [bold]{hosts_file}[/bold]\n"
+                        f"rules     [bold]{paths.root / RULES_FILE}[/bold] (search space, checkpoint every 8 "
+                        f"experiments)\nruns      {steps} training steps each ({PRESET} preset)", title="arc demo"))
     prepare_data(paths, console)
     try:
         researcher = asyncio.run(campaign(paths, hosts_file, console, steps))

@@ -2,18 +2,22 @@
 
 Functions over a `History` returning small result models (the agent reads them). Results are compared only within
 one GPU class: a run's baseline is the earliest succeeded job tagged `baseline` in its class, else the first
-succeeded job of that class.
+succeeded job of that class. A leaderboard entry is held against the baseline as groups: the runs that share the
+entry's code and config (its seeds) against the runs that share the baseline's, with Welch's t-test when both have
+two or more, else against the class's measured noise floor (research/stats.py), and the answer says which.
 """
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from .history import History
 from .history.values import from_json, now, utc
 from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry
+from .research import Comparison, NoiseFloor, ResearchConfig, compare, search_health
 from .service import ArcError, iso
 
 BASELINE_TAG = "baseline"
@@ -60,11 +64,29 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
+def _group_key(cls: str, code_hash: str | None, config: Any, argv: Any) -> tuple[str, str, str, str]:
+    """Runs that share a class, code, config and command differ only by seed: one group for significance."""
+    config = from_json(config) if isinstance(config, str) else config
+    return cls, code_hash or "", json.dumps(config or {}, sort_keys=True), json.dumps(list(argv or []))
+
+
+def _significance(c: Comparison) -> str:
+    """A comparison with the class baseline in a few words (the board names the class)."""
+    runs = f"{c.n_b} vs {c.n_a} baseline run(s)"
+    if c.test == "welch":
+        return f"{'significant' if c.significant else 'not significant'} (Welch p={c.p_value:.2g}, {runs})"
+    if c.test == "noise_floor":
+        return (f"{'beyond' if c.significant else 'within'} noise (|Δ| {abs(c.diff):.4g} "
+                f"{'>' if c.significant else '<='} floor {c.noise_floor:.4g}, {runs})")
+    return f"unknown: {runs}, no noise floor measured (measure_noise, or more seeds)"
+
+
 def _ok_runs_sql(extra: str = "") -> str:
     """Succeeded jobs with a finite primary metric, with their comparison class."""
     return f"""
         SELECT job_id, job_num, coalesce(gpu_class, '{CPU_CLASS}') AS cls, primary_value AS v, config, code_hash,
-               seed, hypothesis_id, coalesce(list_contains(tags, '{BASELINE_TAG}'), false) AS is_baseline, ended_at
+               CASE WHEN kind = 'command' THEN argv END AS argv, seed, hypothesis_id,
+               coalesce(list_contains(tags, '{BASELINE_TAG}'), false) AS is_baseline, ended_at
         FROM jobs WHERE status = 'succeeded' AND primary_metric = ? AND primary_value IS NOT NULL
           AND isfinite(primary_value) {extra}"""
 
@@ -72,47 +94,78 @@ def _ok_runs_sql(extra: str = "") -> str:
 # ---- leaderboard ---------------------------------------------------------------------------------------------
 
 def leaderboard(history: History, metric: str, direction: str = "min", gpu_class: str | None = None,
-                top: int = 5) -> Leaderboard:
+                top: int = 5, floors: Mapping[str, NoiseFloor] | None = None, alpha: float = 0.05) -> Leaderboard:
+    """The best `top` runs of each class against the class baseline; `floors` (per class, from measure_noise's
+    runs) decide significance where a side has a single run."""
     order = "ASC" if _check_direction(direction) == "min" else "DESC"
     if not 1 <= top <= 50:
         raise ArcError(f"top must be from 1 to 50 (got {top})")
     where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
     cur = history.cursor()
     baselines = {r[0]: r for r in cur.execute(f"""
-        SELECT cls, job_id, v, config, code_hash FROM ({_ok_runs_sql(where)})
+        SELECT cls, job_id, v, config, code_hash, argv FROM ({_ok_runs_sql(where)})
         QUALIFY row_number() OVER (PARTITION BY cls ORDER BY is_baseline DESC, job_num) = 1""", params).fetchall()}
     best = cur.execute(f"""
-        SELECT cls, job_id, v, config, code_hash, seed, hypothesis_id, count(*) OVER (PARTITION BY cls) AS n,
+        SELECT cls, job_id, v, config, code_hash, argv, seed, hypothesis_id, count(*) OVER (PARTITION BY cls) AS n,
                row_number() OVER (PARTITION BY cls ORDER BY v {order}, job_num) AS rank
         FROM ({_ok_runs_sql(where)}) QUALIFY rank <= ? ORDER BY cls, rank""", params + [top]).fetchall()
+    # One value per seed: a rerun at a seed already measured repeats that measurement, it adds no replicate.
+    groups: dict[tuple[str, str, str, str], dict[Any, float]] = {}
+    for job_id, cls, code_hash, config, argv, seed, v in cur.execute(
+            f"SELECT job_id, cls, code_hash, config, argv, seed, v FROM ({_ok_runs_sql(where)}) ORDER BY job_num",
+            params).fetchall():
+        groups.setdefault(_group_key(cls, code_hash, config, argv), {}).setdefault(
+            job_id if seed is None else seed, v)
+    words = "minimize" if direction == "min" else "maximize"
     boards: dict[str, ClassBoard] = {}
-    for cls, job_id, v, config, code_hash, seed, hyp, n, rank in best:
-        _, base_job, base_v, base_config, base_code = baselines[cls]
+    for cls, job_id, v, config, code_hash, argv, seed, hyp, n, rank in best:
+        _, base_job, base_v, base_config, base_code, base_argv = baselines[cls]
+        base_key, key = _group_key(cls, base_code, base_config, base_argv), _group_key(cls, code_hash, config, argv)
+        floor = (floors or {}).get(cls)
         board = boards.setdefault(cls, ClassBoard(gpu_class=cls, runs=n, baseline_job=base_job,
-                                                  baseline_metric=base_v, best=[]))
-        board.best.append(RunEntry(
+                                                  baseline_metric=base_v, baseline_runs=len(groups[base_key]),
+                                                  noise_sigma=None if floor is None else round(floor.sigma, 6),
+                                                  best=[]))
+        entry = RunEntry(
             rank=rank, job_id=job_id, metric=v, vs_baseline=round(v - base_v, 6),
             changes=config_delta(from_json(base_config), from_json(config)),
-            code_changed=bool(code_hash and base_code and code_hash != base_code), seed=seed, hypothesis_id=hyp))
+            code_changed=bool(code_hash and base_code and code_hash != base_code), seed=seed, hypothesis_id=hyp,
+            n=len(groups[key]))
+        if key != base_key:       # the baseline's own seeds are not compared with themselves
+            c = compare(list(groups[base_key].values()), list(groups[key].values()), cls, cls, words,
+                        floor.sigma if floor else None, alpha)
+            entry.significance, entry.significant = _significance(c), c.significant
+        board.best.append(entry)
     classes = list(boards.values())
     if not classes:
         scope = f" in class {gpu_class}" if gpu_class else ""
         return Leaderboard(summary=f"no succeeded runs with {metric}{scope} yet", metric=metric,
                            direction=direction, classes=[],
                            next="submit_jobs with tags=['baseline'] on each GPU class (list_gpus shows them)")
-    parts = []
-    for b in classes:
-        lead = b.best[0]
-        gain = "" if lead.job_id == b.baseline_job else f" ({lead.vs_baseline:+.4g} vs baseline {b.baseline_job})"
-        parts.append(f"{b.gpu_class}: best {lead.job_id} {metric} {_fmt(lead.metric)}{gain}, {b.runs} runs")
+    parts = [best_line(b, metric) + f", {b.runs} runs" for b in classes]
+    if len(classes) > 1:
+        parts.append("classes are ranked apart, never against each other")
     return Leaderboard(summary="; ".join(parts), metric=metric, direction=direction, classes=classes,
                        next="job_status(job_ids=[...]) for a run's details; plot_runs(kind='best') for the trend")
 
 
+def best_line(board: ClassBoard, metric: str) -> str:
+    """'cpu: best j7 val_bpb 2.65 (-0.047 vs baseline j1: beyond noise (...))'."""
+    lead = board.best[0]
+    line = f"{board.gpu_class}: best {lead.job_id} {metric} {_fmt(lead.metric)}"
+    if lead.job_id == board.baseline_job:
+        return line + " (the baseline)"
+    return line + f" ({lead.vs_baseline:+.4g} vs baseline {board.baseline_job}" + (
+        f": {lead.significance})" if lead.significance else ")")
+
+
 # ---- digest --------------------------------------------------------------------------------------------------
 
-def digest(history: History, metric: str, direction: str = "min", since: str | None = None) -> Digest:
-    """What changed since `since` (default: the last hour), in a few lines."""
+def digest(history: History, metric: str, direction: str = "min", since: str | None = None,
+           research: ResearchConfig | None = None, floors: Mapping[str, NoiseFloor] | None = None,
+           guardrails: str | None = None) -> Digest:
+    """What changed since `since` (default: the last hour), in a few lines; with the state of each class's best
+    against its baseline, search-health warnings from `research`, and the `guardrails` status line."""
     pick = "min" if _check_direction(direction) == "min" else "max"
     start, until = parse_since(since), now()
     cur = history.cursor()
@@ -147,11 +200,29 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
     summary = (f"since {iso(start)}: {ok + failed + cancelled} ended ({ok} succeeded, {failed} failed"
                + (f", {cancelled} cancelled" if cancelled else "") + f"); {active.get('running', 0)} running, "
                f"{active.get('queued', 0)} queued; {len(new_bests)} new best(s)")
+    board = leaderboard(history, metric, direction, top=1, floors=floors,
+                        alpha=research.noise.alpha if research else 0.05)
+    health = search_health(research, _campaign_jobs(history, metric)) if research else []
+    if health:
+        summary += f"; {len(health)} search-health warning(s)"
     nxt = ("tail_log(job_id=...) on a failure" if failures else
+           "suggest_configs for fresh proposals" if any(h.startswith("stagnation") for h in health) else
            "submit_jobs for the next wave" if not active else "wait_for_jobs")
     return Digest(summary=summary, since=iso(start), until=iso(until), succeeded=ok, failed=failed,
                   cancelled=cancelled, running=active.get("running", 0), queued=active.get("queued", 0),
-                  new_bests=new_bests, failures=failures, hypotheses=hypotheses, next=nxt)
+                  new_bests=new_bests, failures=failures, hypotheses=hypotheses,
+                  significance=[best_line(b, metric) for b in board.classes], health=health,
+                  guardrails=guardrails, next=nxt)
+
+
+def _campaign_jobs(history: History, metric: str) -> list[dict[str, Any]]:
+    """Every job of the campaign's metric, in the few fields search health reads."""
+    cur = history.cursor()
+    cur.execute("""SELECT job_id, job_num, status, coalesce(gpu_class, ?) AS gpu_class, primary_value, config
+                   FROM jobs WHERE primary_metric = ? OR primary_metric IS NULL ORDER BY job_num""",
+                [CPU_CLASS, metric])
+    names = [d[0] for d in cur.description]
+    return [{**dict(zip(names, row)), "config": from_json(row[-1])} for row in cur.fetchall()]
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------

@@ -241,6 +241,9 @@ class RunEntry(BaseModel):
     code_changed: bool = False
     seed: int | None = None
     hypothesis_id: str | None = None
+    n: int = Field(1, description="runs of this code and config (seeds), compared as one group with the baseline's")
+    significance: str | None = Field(None, description="whether the difference from the baseline clears the noise")
+    significant: bool | None = None
 
 
 class ClassBoard(BaseModel):
@@ -248,6 +251,8 @@ class ClassBoard(BaseModel):
     runs: int = Field(description="succeeded runs with a metric in this class")
     baseline_job: str
     baseline_metric: float
+    baseline_runs: int = Field(1, description="runs of the baseline's code and config (its seeds)")
+    noise_sigma: float | None = Field(None, description="seed-to-seed spread measured by measure_noise here")
     best: list[RunEntry]
 
 
@@ -268,6 +273,9 @@ class Digest(Result):
     new_bests: list[str] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     hypotheses: list[str] = Field(default_factory=list)
+    significance: list[str] = Field(default_factory=list, description="per GPU class: the best against its baseline")
+    health: list[str] = Field(default_factory=list, description="search-health warnings")
+    guardrails: str | None = Field(None, description="budget, checkpoint and the last approval note")
 
 
 class Plot(Result):
@@ -295,4 +303,7 @@ class HistorySchema(Result):
 
 
 class Suggestions(Result):
-    configs: list[dict[str, Any]]
+    configs: list[dict[str, Any]] = Field(description="trainer overrides: submit each as a job's config")
+    preset: str | None = Field(None, description="the preset to submit them with")
+    gpu_class: str | None = Field(None, description="the class whose history informed them: run them there")
+    based_on: int = Field(0, description="finished runs of that class inside the search space")

@@ -39,7 +39,7 @@ from .research.guard import Allowance
 log = logging.getLogger("arc.scheduler")
 
 IN_FLIGHT = ("dispatching", "unconfirmed", "running", "unknown")   # jobs that hold resources
-DISPATCH_FIRST_S = 0.5   # longest a background history write waits for a pending dispatch round
+DISPATCH_FIRST_S = 0.2   # longest a background history write waits for a pending dispatch round
 
 
 @dataclass
@@ -356,9 +356,10 @@ class Scheduler:
         allowed = self.allowance()
         if allowed.held:
             return 0
-        sent = taken = 0
-        for job in list(self._queue):
-            if allowed.jobs is not None and sent >= allowed.jobs:
+        chosen: list[tuple[dict, Placement]] = []
+        taken = 0
+        for job in self._queue:
+            if allowed.jobs is not None and len(chosen) >= allowed.jobs:
                 break
             req = Requirements.model_validate(job.get("requirements") or {})
             if allowed.gpus is not None and taken + req.gpus > allowed.gpus:
@@ -374,23 +375,45 @@ class Scheduler:
                 placement = place(req, ready, busy_gpus, busy_cpu)
                 if placement is None:
                     continue
-                token = uuid.uuid4().hex
-                where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
-                placed = self.history.update_job(
-                    job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
-                    gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
-                    gpu_class=placement.gpu_class, launch_token=token,
-                    _reason=f"placed on {placement.host} {where} ({placement.gpu_class})")
-                self._queue.remove(job)
-                if not placed:   # no longer queued (cancelled): the queue read is out of date
-                    self._queue_stale = True
-                    continue
-                self._hold(job["job_id"], placement.host, list(placement.gpu_indices))
+                self._hold(job["job_id"], placement.host, list(placement.gpu_indices))   # reserved for the round
+            chosen.append((job, placement))
+            taken += len(placement.gpu_indices)
+        if not chosen:
+            return 0
+        launches = self._write_intents(chosen)
+        for job, placement, token in launches:
+            with self._lock:
                 self._launching += 1
             self._launchers[placement.host].submit(self._guard, self._launch, job, placement, token)
-            sent += 1
-            taken += len(placement.gpu_indices)
-        return sent
+        return len(launches)
+
+    def _write_intents(self, chosen: list[tuple[dict, Placement]]) -> list[tuple[dict, Placement, str]]:
+        """Record each placement and its fresh launch token before any launch, in one transaction: the jobs of a
+        round start together instead of one commit apart. Returns the jobs still queued when written."""
+        launches = []
+        try:
+            with self.history.transaction():
+                for job, placement in chosen:
+                    token = uuid.uuid4().hex
+                    where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
+                    if self.history.update_job(
+                            job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
+                            gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
+                            gpu_class=placement.gpu_class, launch_token=token,
+                            _reason=f"placed on {placement.host} {where} ({placement.gpu_class})"):
+                        launches.append((job, placement, token))
+        except BaseException:
+            for job, placement in chosen:
+                self._free(job["job_id"], placement.host)
+            self._queue_stale = True
+            raise
+        placed = {job["job_id"] for job, _, _ in launches}
+        for job, placement in chosen:
+            self._queue.remove(job)
+            if job["job_id"] not in placed:   # no longer queued (cancelled): the queue read is out of date
+                self._queue_stale = True
+                self._free(job["job_id"], placement.host)
+        return launches
 
     def _launch(self, job: dict, placement: Placement, token: str) -> None:
         try:

@@ -6,14 +6,16 @@ was wrong and what to do instead. The daemon owns the one instance (it holds the
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import workloads
-from .gpu_classes import gpu_class
+from .gpu_classes import CPU_CLASS, gpu_class
 from .code_store import CodeStore, CodeStoreError
 from .fleet import AgentError, HostUnavailable, RequestTimeout
 from .history import History, SnapshotWriter, UserSqlError, run_user_sql
@@ -25,8 +27,8 @@ from .models import (
 from .models import Digest, HistorySchema, HypothesisList, HypothesisResult, Leaderboard, Plot, Suggestions
 from .paths import StatePaths
 from .research import (
-    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, JobDiff, ResearchConfig, Triage, compare_jobs,
-    diff_jobs, hang_reason, job_times, noise_floors, suggest_configs, triage,
+    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, JobDiff, NoiseFloor, ResearchConfig, Sides, Triage,
+    compare_jobs, diff_jobs, hang_reason, job_times, noise_floors, suggest_configs, triage, warm_trials,
 )
 from .scheduler import Scheduler, SchedulerSettings
 
@@ -35,6 +37,7 @@ log = logging.getLogger("arc.service")
 MAX_ROWS = 500
 MAX_LOG_LINES = 2000
 MAX_BATCH = 200
+FIRST_CONNECT_WAIT_S = 5.0
 
 
 class ArcError(Exception):
@@ -136,6 +139,8 @@ class Service:
         if not hosts:
             raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: "
                            + ", ".join(h.name for h in self.hosts.hosts))
+        for h in hosts:   # right after the daemon starts, give each host its first connection attempt
+            self.scheduler.fleet.session(h.name).wait_attempted(FIRST_CONNECT_WAIT_S)
         answers = self.scheduler.fleet.request_all("inventory", None, timeout=5.0,
                                                    hosts=[h.name for h in hosts])
         running = {j["job_id"]: j for j in self.history.jobs(status=list(ACTIVE_STATUSES), limit=None)}
@@ -206,13 +211,16 @@ class Service:
 
     def _resolve_requirements(self, spec: JobSpec) -> Requirements:
         req = spec.requirements
-        if not req.model_fields_set and not self.scheduler.fleet_has_gpus():
-            # A fleet without GPUs (the demo on a laptop) runs everything on CPU slots.
-            req = Requirements(cpu_only=True)
         if req.same_class_as:
             ref = self._get(req.same_class_as)
-            if ref.get("gpu_class"):
+            if ref.get("gpu_class") == CPU_CLASS:
+                req = req.model_copy(update={"cpu_only": True, "gpus": 0})
+            elif ref.get("gpu_class"):
                 req = req.model_copy(update={"gpu_class": ref["gpu_class"]})
+        gpu_asked = req.model_fields_set & {"gpus", "gpu_class", "gpu_model", "min_memory_gb"}
+        if not req.cpu_only and not gpu_asked and not self.scheduler.fleet_has_gpus():
+            # A fleet without GPUs (the demo on a laptop) runs everything on CPU slots.
+            req = req.model_copy(update={"cpu_only": True, "gpus": 0})
         return req
 
     def submit_jobs(self, specs: Iterable[JobSpec | dict], submitted_by: str = "agent") -> SubmitResult:
@@ -308,7 +316,15 @@ class Service:
         more = offset + len(views) < total
         return JobList(summary=f"{total} job(s) match; showing {offset + 1 if views else 0}-{offset + len(views)}",
                        jobs=views, total=total, offset=offset,
-                       next=f"list_jobs(offset={offset + len(views)})" if more else None)
+                       next=self._next_page("list_jobs", offset + len(views), status=status, host=host, tag=tag,
+                                            hypothesis_id=hypothesis_id, limit=None if limit == 50 else limit)
+                       if more else None)
+
+    @staticmethod
+    def _next_page(tool: str, offset: int, **filters: Any) -> str:
+        """The call that fetches the next page, carrying the caller's filters."""
+        args = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v not in (None, []))
+        return f"{tool}({args + ', ' if args else ''}offset={offset})"
 
     def cancel_jobs(self, job_ids: list[str]) -> CancelResult:
         if not job_ids:
@@ -361,7 +377,7 @@ class Service:
         if pattern is not None:
             hits = [ln for ln in text.splitlines() if pattern.search(ln)]
             text = "\n".join(hits[-lines:])
-        n = text.count("\n") + (1 if text else 0)
+        n = len(text.splitlines())
         return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']})", job_id=job_id, text=text,
                        offset=res["offset"], next_offset=res["next_offset"], truncated=res["truncated"],
                        next=f"tail_log(job_id='{job_id}', offset={res['next_offset']}) for new output"
@@ -388,7 +404,8 @@ class Service:
             if finished or left <= 0:
                 views = [self._job_view(rows[j]) for j in done]
                 ok = sum(1 for v in views if v.status == "succeeded")
-                best = min((v.metric for v in views if v.metric is not None), default=None)
+                values = [v.metric for v in views if v.metric is not None]
+                best = (min if self.metric_direction == "min" else max)(values, default=None)
                 summary = f"{len(done)} of {len(job_ids)} ended ({ok} succeeded)" + (
                     f", best {self.primary_metric} {best:.6f}" if best is not None else "") + (
                     f"; timed out with {len(pending)} pending" if not finished else "")
@@ -416,55 +433,109 @@ class Service:
 
     # ---- research: guardrails, noise, suggestions, snapshots ----------------------------------------------
 
+    def _guardrails(self) -> Guardrails:
+        if self.guard is None:
+            raise ArcError("the campaign's guardrails live in the daemon; run this through `arc` with the daemon "
+                           "(it starts on demand) rather than on the history file")
+        return self.guard
+
     def research_status(self) -> GuardStatus:
-        return self.guard.status()
+        """Budget used and left, experiments to the next checkpoint, whether dispatch is paused and what a person
+        runs to go on, and the last approval's note."""
+        return self._guardrails().status()
 
     def approve(self, note: str | None = None, by: str = "cli") -> GuardStatus:
         """A person's go-ahead at a checkpoint (deliberately no MCP tool: the agent cannot lift its own pause)."""
-        status = self.guard.approve(note, by)
+        if note is not None and len(note) > 2000:
+            raise ArcError(f"the note has {len(note)} characters; keep it under 2000")
+        status = self._guardrails().approve(note, by)
         self.scheduler.wake()
         return status
 
+    def _floors(self) -> dict[str, NoiseFloor]:
+        return noise_floors(self.history.jobs(tag=NOISE_TAG, status="succeeded", limit=None))
+
+    def _busiest_class(self, rows: list[dict]) -> str | None:
+        """The GPU class with the most finished runs: the history suggestions learn from when none is named."""
+        counts = Counter(r.get("gpu_class") for r in rows if r.get("gpu_class") and r.get("primary_value") is not None)
+        return counts.most_common(1)[0][0] if counts else None
+
     def suggest_configs(self, n: int = 8, sampler: str = "tpe", gpu_class: str | None = None, seed: int = 0,
-                        preset: str | None = None) -> Suggestions:
-        _bounded("n", n, 1, 64)
+                        preset: str | None = None, fixed: dict[str, Any] | None = None) -> Suggestions:
+        """n trainer configs inside research.yaml's search space from Optuna, warm-started from the finished runs
+        of one GPU class. `preset` and `fixed` (settings outside the space, e.g. {"max_steps": 40}) select the runs
+        that learn from and are carried by every suggestion."""
+        _bounded("n", n, 1, 50)
         if sampler not in ("tpe", "cmaes"):
             raise ArcError("sampler must be 'tpe' (default) or 'cmaes'")
         if not self.research.search_space:
             raise ArcError("research.yaml declares no search_space; add one to get suggestions")
         rows = self.history.jobs(status="succeeded", limit=None)
-        fixed = {"preset": preset} if preset else None
+        gpu_class = gpu_class or self._busiest_class(rows)
+        shared = {**(fixed or {}), **({"preset": preset} if preset else {})}
         try:
             configs = suggest_configs(self.research, rows, n, sampler=sampler, gpu_class=gpu_class, seed=seed,
-                                      fixed=fixed)
+                                      fixed=shared)
+            used = len(warm_trials(self.research, rows, gpu_class, shared))
         except ValueError as e:
             raise ArcError(str(e)) from None
-        used = sum(1 for r in rows if gpu_class is None or r.get("gpu_class") == gpu_class)
+        for config in configs:
+            config.pop("preset", None)      # a job names its preset beside its config
+        where = {"cpu_only": True} if gpu_class == CPU_CLASS else {"gpu_class": gpu_class} if gpu_class else {}
+        job = {"config": "<each>", **({"preset": preset} if preset else {}),
+               **({"requirements": where} if where else {})}
         return Suggestions(summary=f"{len(configs)} {sampler.upper()} suggestion(s) inside the search space, "
-                                   f"informed by {used} finished run(s)"
-                                   + (f" on {gpu_class}" if gpu_class else ""),
-                           configs=configs, next="submit_jobs with these as config")
+                                   f"learned from {used} finished run(s)" + (f" on {gpu_class}" if gpu_class else ""),
+                           configs=configs, preset=preset, gpu_class=gpu_class, based_on=used,
+                           next=f"submit_jobs with one job per config: {json.dumps(job)}, and a hypothesis_id")
 
     def compare_runs(self, a: list[str], b: list[str]) -> Comparison:
+        """Runs b against runs a on the primary metric: the GPU class, n per side, the difference, and whether it
+        clears the noise (Welch's t-test with two or more runs a side, else the class's measured noise floor)."""
         if not a or not b or len(a) > 200 or len(b) > 200:
             raise ArcError("give 1 to 200 job ids on each side, e.g. a=['j3','j4'] b=['j9','j10']")
         rows_a, rows_b = [self._get(j) for j in a], [self._get(j) for j in b]
         missing = [r["job_id"] for r in rows_a + rows_b if r.get("primary_value") is None]
         if missing:
-            raise ArcError(f"no {self.primary_metric} yet for {', '.join(missing[:8])}; wait_for_jobs first")
-        floors = noise_floors(self.history.jobs(tag=NOISE_TAG, status="succeeded", limit=None))
-        return compare_jobs(rows_a, rows_b, self.research.metric.direction, floors, self.research.noise.alpha)
+            raise ArcError(f"no {self.primary_metric} for {', '.join(missing[:8])} (not ended, or failed); "
+                           "wait_for_jobs first, and compare only runs that produced the metric")
+        try:
+            result = compare_jobs(rows_a, rows_b, self.research.metric.direction, self._floors(),
+                                  self.research.noise.alpha)
+        except ValueError as e:
+            raise ArcError(str(e)) from None
+        if not result.comparable:
+            result.next = (f"rerun_job(job_id='{b[0]}', gpu_class='{result.gpu_class_a}') to have both sides "
+                           "on one class")
+        elif result.test == "none":
+            result.next = (f"measure_noise(gpu_class='{result.gpu_class}'), or rerun_job(job_id='{b[0]}', "
+                           "seeds=[1, 2]) for a t-test")
+        else:
+            result.next = f"update_hypothesis(hyp_id=..., compare={{'a': {a[:8]!r}, 'b': {b[:8]!r}}}) to record it"
+        return result
+
+    def _fleet_classes(self) -> list[str]:
+        """GPU classes the fleet has now, or the CPU class where it has none."""
+        unknown = self.scheduler.unknown_hosts()
+        if unknown:
+            raise ArcError(f"hosts {', '.join(unknown)} have not reported their GPUs yet (list_gpus shows them); "
+                           "try again in a moment, or name gpu_class")
+        classes = sorted({g.gpu_class for c in self.scheduler.capacity() for g in c.gpus})
+        return classes or [CPU_CLASS]
 
     def measure_noise(self, gpu_class: str | None = None, seeds: int | None = None,
                       config: dict[str, Any] | None = None, preset: str | None = None) -> SubmitResult:
-        """The baseline K times with different seeds on one GPU class: the floor every comparison is held to."""
+        """The baseline K times with seeds 0..K-1 on one GPU class, or on each class of the fleet: the floor every
+        comparison is held to."""
         k = seeds or self.research.noise.seeds
         _bounded("seeds", k, 2, 32)
-        requirements = {"gpu_class": gpu_class} if gpu_class else {}
-        specs = [JobSpec(config=config or {}, preset=preset, seed=i, tags=[NOISE_TAG, "baseline"],
-                         name=f"noise seed {i}", requirements=requirements) for i in range(k)]
+        specs = []
+        for cls in [gpu_class] if gpu_class else self._fleet_classes():
+            requirements = {"cpu_only": True} if cls == CPU_CLASS else {"gpu_class": cls}
+            specs += [JobSpec(config=config or {}, preset=preset, seed=i, tags=[NOISE_TAG, "baseline"],
+                              name=f"noise {cls} seed {i}", requirements=requirements) for i in range(k)]
         result = self.submit_jobs(specs)
-        result.summary = f"noise floor: {result.summary}"
+        result.summary = f"noise floor: {result.summary} ({k} seeds per class)"
         return result
 
     def diff_jobs(self, a: str, b: str, max_lines: int = 300) -> JobDiff:
@@ -473,20 +544,29 @@ class Service:
 
     def rerun_job(self, job_id: str, seeds: list[int] | None = None, gpu_class: str | None = None,
                   same_host: bool = False) -> SubmitResult:
-        """The job's exact code snapshot and config again, optionally with new seeds or on another GPU class."""
+        """The job's exact code snapshot and config again, on the GPU class it ran on unless another is named, with
+        its seed or new ones."""
         row = self._get(job_id)
         if seeds is not None and not 1 <= len(seeds) <= 32:
             raise ArcError("give 1 to 32 seeds")
+        if row.get("code_hash") and not self.code.has(row["code_hash"]):
+            raise ArcError(f"{job_id}'s code snapshot {row['code_hash'][:12]} is not on this controller")
         requirements = dict(row.get("requirements") or {})
-        if gpu_class is not None:
-            requirements.update(gpu_class=gpu_class, cpu_only=False)
-            requirements.pop("gpu_model", None)
+        gpu_class = gpu_class or row.get("gpu_class")     # by default where it ran: comparable with it
+        if gpu_class == CPU_CLASS:
+            requirements = {k: v for k, v in requirements.items() if k in ("host", "label")} | {"cpu_only": True}
+        elif gpu_class is not None:
+            requirements = {k: v for k, v in requirements.items()
+                            if k not in ("gpu_model", "cpu_only", "same_class_as")}
+            requirements.update(gpu_class=gpu_class, gpus=max(1, int(requirements.get("gpus", 1))))
         if same_host:
             requirements["host"] = row.get("host")
         config = dict(row.get("config") or {})
         preset = config.pop("preset", None)
+        # A rerun's seed-twin is not part of a noise measurement; the tag says it is a rerun.
+        tags = [t for t in row.get("tags") or [] if t != NOISE_TAG] + ["rerun"]
         base = dict(code=row.get("code_hash"), time_budget_s=row.get("time_budget_s"),
-                    time_limit_s=row.get("time_limit_s"), requirements=requirements, tags=list(row.get("tags") or []),
+                    time_limit_s=row.get("time_limit_s"), requirements=requirements, tags=list(dict.fromkeys(tags)),
                     hypothesis_id=row.get("hypothesis_id"), env=row.get("env") or {},
                     name=f"rerun of {job_id}", priority=int(row.get("priority") or 0))
         if row["kind"] == "trainer":
@@ -494,7 +574,9 @@ class Service:
         else:
             base.update(command=list(row.get("argv") or []))
         specs = [JobSpec(**base, seed=s) for s in (seeds if seeds is not None else [row.get("seed")])]
-        return self.submit_jobs(specs)
+        result = self.submit_jobs(specs)
+        result.summary = f"rerun of {job_id}: {result.summary}"
+        return result
 
     def _triage(self, row: dict) -> Triage | None:
         if row["status"] not in ("failed", "timeout", "lost"):
@@ -508,7 +590,9 @@ class Service:
         return triage(row["status"], row.get("exit_code"), row.get("signal"), row.get("reason"), tail)
 
     def _on_tick(self) -> None:
-        """Hung jobs: a log silent past research.yaml's hangs.silent_after_s while its GPUs sit idle."""
+        """Keeps the guardrails' hold current while nothing is queued (every answer says when dispatch is paused),
+        then looks for hung jobs: a log silent past research.yaml's hangs.silent_after_s while its GPUs sit idle."""
+        self.guard.allowance()
         limit = self.research.hangs.silent_after_s
         if limit is None:
             return
@@ -557,9 +641,21 @@ class Service:
         return hypotheses.append_hypothesis(self.history, text, rationale, tags, jobs, created_by)
 
     def update_hypothesis(self, hyp_id: str, status: str | None = None, verdict: str | None = None,
-                          effect_size: float | None = None, add_jobs: list[str] | None = None) -> HypothesisResult:
+                          effect_size: float | None = None, add_jobs: list[str] | None = None,
+                          compare: Sides | dict | None = None) -> HypothesisResult:
+        """`compare` ({a: reference runs, b: the hypothesis's runs}) states the comparison in the verdict (GPU
+        class, runs per side, difference, significance), sets effect_size to the difference and links the runs.
+        A cross-class comparison can neither support nor refute."""
         from . import hypotheses
 
+        if compare is not None:
+            sides = compare if isinstance(compare, Sides) else Sides.model_validate(compare)
+            result = self.compare_runs(sides.a, sides.b)
+            if not result.comparable and status in ("supported", "refuted"):
+                raise ArcError(f"{hyp_id} cannot be {status} on this comparison: {result.summary}")
+            verdict = f"{verdict.strip()}; {result.summary}" if verdict and verdict.strip() else result.summary
+            effect_size = result.diff if effect_size is None else effect_size
+            add_jobs = list(dict.fromkeys([*(add_jobs or []), *sides.a, *sides.b]))
         return hypotheses.update_hypothesis(self.history, hyp_id, status, verdict, effect_size, add_jobs)
 
     def list_hypotheses(self, status: str | None = None, limit: int = 20, offset: int = 0) -> HypothesisList:
@@ -570,12 +666,15 @@ class Service:
     def leaderboard(self, gpu_class: str | None = None, top: int = 5) -> Leaderboard:
         from . import insights
 
-        return insights.leaderboard(self.history, self.primary_metric, self.metric_direction, gpu_class, top)
+        return insights.leaderboard(self.history, self.primary_metric, self.metric_direction, gpu_class, top,
+                                    floors=self._floors(), alpha=self.research.noise.alpha)
 
     def digest(self, since: str | None = None) -> Digest:
         from . import insights
 
-        return insights.digest(self.history, self.primary_metric, self.metric_direction, since)
+        return insights.digest(self.history, self.primary_metric, self.metric_direction, since,
+                               research=self.research, floors=self._floors(),
+                               guardrails=self.guard.status().summary if self.guard else None)
 
     def plot_runs(self, job_ids: list[str] | None = None, series: str = "train_loss", kind: str = "curves",
                   gpu_class: str | None = None) -> Plot:

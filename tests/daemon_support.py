@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import duckdb
+import pytest
 
 from gpu_agent.claims import ledger_violations, read_ledger
 from mcp_server.daemon_client import DaemonClient
@@ -93,26 +94,18 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 class Arc:
     """One state dir and its daemon: `cli(...)` runs `python -m mcp_server.cli`, `call(...)` the daemon's RPC."""
 
-    def __init__(self, state_dir: Path, hosts_yaml: Path, research: Path | None = None):
+    def __init__(self, state_dir: Path, hosts_yaml: Path):
         self.state_dir = Path(state_dir)
         self.hosts_yaml = Path(hosts_yaml)
-        self.research = research
         self.paths = StatePaths.resolve(self.state_dir)
         self.client = DaemonClient(self.paths)
 
     def argv(self, *args: str) -> list[str]:
-        base = [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.state_dir),
-                "--hosts", str(self.hosts_yaml)]
-        if self.research is not None:
-            base += ["--research", str(self.research)]
-        return base + list(args)
+        return [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.state_dir),
+                "--hosts", str(self.hosts_yaml), *args]
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 120, user: str | None = None
-            ) -> subprocess.CompletedProcess:
-        argv = self.argv(*args)
-        if user is not None:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user_group(user)}", "--clear-groups", *argv]
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"arc {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -205,8 +198,20 @@ class Arc:
             return con.execute(sql, params or []).fetchall()
 
 
-def user_group(user: str) -> str:
-    return subprocess.run(["id", "-gn", user], capture_output=True, text=True, check=True).stdout.strip()
+@pytest.fixture
+def arcs() -> Callable[[Path, Path], Arc]:
+    """make(state_dir, hosts_yaml) -> Arc; every daemon made is stopped at the end, killed if it will not stop,
+    so that a failing test leaves no daemon behind."""
+    made: list[Arc] = []
+
+    def make(state_dir: Path, hosts_yaml: Path) -> Arc:
+        made.append(Arc(state_dir, hosts_yaml))
+        return made[-1]
+
+    yield make
+    for arc in made:
+        if arc.client.running() and not arc.client.stop(timeout=30) and arc.pid:
+            os.kill(arc.pid, signal.SIGKILL)
 
 
 # ---- what the hosts recorded ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Chaos on real parts: 48 jobs over three network-namespace hosts with real sshd and simulated GPUs, through a real
+"""Chaos on real parts: 49 jobs over three network-namespace hosts with real sshd and simulated GPUs, through a real
 `arc daemon` process, while job processes are SIGKILLed, one host's sshd is killed and restarted, another host's
 link is cut for a while, and the daemon itself is killed with SIGKILL and started again.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import time
 
 from tests.daemon_support import (
     TERMINAL, Arc, claim_violations, event_chain_problems, host_job_dir, host_state, metric_job, metric_problems,
@@ -23,10 +22,11 @@ GPUS = [{"model": "H100", "memory_gb": 80}, {"model": "H100", "memory_gb": 80}]
 VICTIM_HOSTS = ("h1", "h2", "h3", "h2")      # one long job per entry, SIGKILLed at a different moment each
 
 
-def test_chaos_jobs_survive_killed_processes_sshd_restart_link_cut_and_daemon_kill(netns_factory, tmp_path):
+def test_chaos_jobs_survive_killed_processes_sshd_restart_link_cut_and_daemon_kill(netns_factory, arcs,
+                                                                                     tmp_path):
     fleet = netns_factory(3, simulate_gpus=GPUS)
     workdirs = {h.name: h.workdir for h in fleet.hosts}
-    arc = Arc(tmp_path / "state", fleet.hosts_yaml)
+    arc = arcs(tmp_path / "state", fleet.hosts_yaml)
     first_pid = arc.start()
     hid = arc.history_id()
 

@@ -8,31 +8,27 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from mcp_server.daemon_state import lock_is_held
-from tests.daemon_support import REPO, Arc, Gates, metric_job, wait_for
+from tests.daemon_support import REPO, Gates, metric_job, wait_for
 
 
-def test_one_daemon_per_state_dir_even_when_two_start_at_once(netns_hosts, tmp_path):
-    arc = Arc(tmp_path / "state", netns_hosts.hosts_yaml)
+def test_one_daemon_per_state_dir_even_when_two_start_at_once(netns_hosts, arcs, tmp_path):
+    arc = arcs(tmp_path / "state", netns_hosts.hosts_yaml)
     starts = [subprocess.Popen(arc.argv("--json", "daemon", "start"), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=90) for p in starts]
     assert [p.returncode for p in starts] == [0, 0], outputs
-    pids = {json.loads(out)["pid"] for out, _ in outputs}
-    try:
-        assert pids == {arc.pid}
-        assert arc.cli_json("daemon", "start")["pid"] == arc.pid
-        second = arc.cli("daemon", "start", "--foreground", check=False, timeout=60)
-        assert second.returncode == 1
-        assert f"a daemon already runs for {arc.paths.root} (pid {arc.pid})" in second.stderr
-        status = arc.cli_json("daemon", "status")
-        assert (status["running"], status["pid"]) == (True, arc.pid)
-        assert arc.log().count(" serving ") == 1     # one daemon ever served this state dir
-    finally:
-        arc.stop()
+    assert {json.loads(out)["pid"] for out, _ in outputs} == {arc.pid}
+    assert arc.cli_json("daemon", "start")["pid"] == arc.pid
+    second = arc.cli("daemon", "start", "--foreground", check=False, timeout=60)
+    assert second.returncode == 1
+    assert f"a daemon already runs for {arc.paths.root} (pid {arc.pid})" in second.stderr
+    status = arc.cli_json("daemon", "status")
+    assert (status["running"], status["pid"]) == (True, arc.pid)
+    assert arc.log().count(" serving ") == 1     # one daemon ever served this state dir
 
 
-def test_a_clean_shutdown_closes_everything(netns_hosts, tmp_path):
-    arc = Arc(tmp_path / "state", netns_hosts.hosts_yaml)
+def test_a_clean_shutdown_closes_everything(netns_hosts, arcs, tmp_path):
+    arc = arcs(tmp_path / "state", netns_hosts.hosts_yaml)
     arc.start()
     [job] = arc.submit([metric_job(1)])
     arc.wait([job])
@@ -47,8 +43,8 @@ def test_a_clean_shutdown_closes_everything(netns_hosts, tmp_path):
     assert arc.cli("daemon", "stop").stdout.strip() == "no daemon runs"
 
 
-def test_kill_9_then_restart_loses_nothing(netns_hosts, tmp_path):
-    arc = Arc(tmp_path / "state", netns_hosts.hosts_yaml)
+def test_kill_9_then_restart_loses_nothing(netns_hosts, arcs, tmp_path):
+    arc = arcs(tmp_path / "state", netns_hosts.hosts_yaml)
     gates = Gates(tmp_path / "gates")
     arc.start()
     done = arc.submit([metric_job(i) for i in range(2)])
@@ -72,25 +68,22 @@ def test_kill_9_then_restart_loses_nothing(netns_hosts, tmp_path):
     arc.stop()
 
 
-def test_two_clis_submitting_at_once_share_one_queue(netns_hosts, tmp_path):
-    arc = Arc(tmp_path / "state", netns_hosts.hosts_yaml)
+def test_two_clis_submitting_at_once_share_one_queue(netns_hosts, arcs, tmp_path):
+    arc = arcs(tmp_path / "state", netns_hosts.hosts_yaml)
     per_cli = 5
 
     def submit_many(n: int) -> list[subprocess.CompletedProcess]:
         return [arc.cli("submit", "-q", "--name", f"cli{n}-{i}", "--", "true", check=False) for i in range(per_cli)]
 
-    try:
-        # No daemon runs yet: both CLIs start one at the same moment, and keep submitting.
-        with ThreadPoolExecutor(2) as pool:
-            results = [r for batch in pool.map(submit_many, range(2)) for r in batch]
-        problems = [(r.returncode, r.stderr) for r in results if r.returncode != 0 or r.stderr.strip()]
-        assert problems == []
-        ids = [r.stdout.strip() for r in results]
-        assert len(set(ids)) == 2 * per_cli
-        final = arc.wait(ids)
-        assert {d["status"] for d in final.values()} == {"succeeded"}
-        listed = arc.call("list_jobs", limit=100)
-        assert listed["total"] == 2 * per_cli and {j["job_id"] for j in listed["jobs"]} == set(ids)
-        assert "Could not set lock" not in arc.log() and "Traceback" not in arc.log()
-    finally:
-        arc.stop()
+    # No daemon runs yet: both CLIs start one at the same moment, and keep submitting.
+    with ThreadPoolExecutor(2) as pool:
+        results = [r for batch in pool.map(submit_many, range(2)) for r in batch]
+    problems = [(r.returncode, r.stderr) for r in results if r.returncode != 0 or r.stderr.strip()]
+    assert problems == []
+    ids = [r.stdout.strip() for r in results]
+    assert len(set(ids)) == 2 * per_cli
+    final = arc.wait(ids)
+    assert {d["status"] for d in final.values()} == {"succeeded"}
+    listed = arc.call("list_jobs", limit=100)
+    assert listed["total"] == 2 * per_cli and {j["job_id"] for j in listed["jobs"]} == set(ids)
+    assert "Could not set lock" not in arc.log() and "Traceback" not in arc.log()

@@ -1,20 +1,20 @@
-"""`arc demo` end to end: data, daemon, the real MCP client over stdio, a campaign of real CPU training runs;
-then the same history through the `arc` commands a person uses (human parity with the tools)."""
+"""`arc demo` end to end: data, daemon, the real MCP client over stdio, a campaign of real CPU training runs that
+reaches a checkpoint (approved with `arc approve`), a suggestion wave and significance statements; then the same
+history through the `arc` commands a person uses (human parity with the tools)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from mcp_server.daemon_client import DaemonClient
+from mcp_server.demo import MARKER, RULES_FILE, DemoError, fresh_campaign
+from mcp_server.history import History
 from mcp_server.paths import StatePaths
 from tests.harness import local_host_entry, write_hosts_yaml
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
@@ -22,7 +22,6 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
     if arc is None:
         pytest.fail("the `arc` command is not on PATH: install the project first (pip install -e .)")
     hosts = write_hosts_yaml(tmp_path / "hosts.yaml", [local_host_entry(tmp_path / "work")])
-    shutil.copy(REPO / "research.yaml", tmp_path / "research.yaml")     # the campaign keeps to the repo's rules
     state = tmp_path / "demo-state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARC_")} | {"COLUMNS": "160"}
     daemon = DaemonClient(StatePaths.resolve(state))
@@ -41,22 +40,36 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
         for png in ("curves.png", "best.png"):
             assert (state / png).read_bytes().startswith(b"\x89PNG"), png
             assert str(state / png) in out.replace("\n", "")
+        flat = " ".join(out.split())                     # rich wraps long lines
         assert "Verdicts" in out and "BEGIN JOB OUTPUT" in out and "tool calls" in out
+        # The checkpoint: the researcher sees PAUSED, the person approves on the command line, the note comes back.
+        assert "Checkpoint: the campaign waits for a person" in out
+        assert "research_status → PAUSED (paused for review: 8 experiments since the campaign started" in flat
+        assert "person $ arc approve --note" in flat and "the person's note reaches the researcher" in flat
+        # The suggestion wave and the significance statements.
+        assert "suggest_configs → 3 TPE suggestion(s) inside the search space, learned from 6 finished" in flat
+        assert "Welch, 2 vs 2 runs on cpu" in flat and "vs 1 runs on cpu" in flat and " noise (" in flat
         assert not daemon.running()                      # the demo stops the daemon it started
 
         (ok, with_metric), = arc_json("sql", "SELECT count(*) FILTER (status = 'succeeded'), count(val_bpb) "
                                              "FROM runs")["rows"]
-        assert ok == with_metric == 7                    # baseline at two seeds, four variations, a follow-up
+        assert ok == with_metric == 10     # baseline at two seeds, four variations, three suggestions, a rerun
         statuses = [r[0] for r in arc_json("sql", "SELECT status FROM hypotheses ORDER BY num")["rows"]]
-        assert len(statuses) == 5 and "open" not in statuses   # each written before its runs, judged after
-        (baseline,), = arc_json("sql", "SELECT count(*) FROM jobs WHERE list_contains(tags, 'baseline')")["rows"]
+        assert len(statuses) == 6 and "open" not in statuses   # each written before its runs, judged after
+        verdicts = [r[0] for r in arc_json("sql", "SELECT verdict FROM hypotheses ORDER BY num")["rows"]]
+        assert all(" runs on cpu" in v for v in verdicts)      # each states class, runs per side, significance
+        (baseline,), = arc_json("sql", "SELECT count(*) FROM jobs WHERE list_contains(tags, 'noise')")["rows"]
         assert baseline == 2
+        (approvals,) = arc_json("sql", "SELECT count(*) FROM approvals WHERE note LIKE 'Checked the first%'")["rows"]
+        assert approvals == [1]
 
         # The person's side of the same history, with no daemon running (read straight from the file) ...
         board = arc_json("leaderboard")
-        assert board["classes"][0]["runs"] == 7 and board["classes"][0]["best"][0]["vs_baseline"] <= 0
-        assert arc_json("digest", "--since", "1h")["succeeded"] == 7
-        assert len(arc_json("hypotheses", "list")["hypotheses"]) == 5
+        assert board["classes"][0]["runs"] == 10 and board["classes"][0]["best"][0]["vs_baseline"] <= 0
+        assert board["classes"][0]["baseline_runs"] == 2
+        digest = arc_json("digest", "--since", "1h")
+        assert digest["succeeded"] == 10 and digest["significance"][0].startswith("cpu: best ")
+        assert len(arc_json("hypotheses", "list")["hypotheses"]) == 6
         assert "runs" in [r["name"] for r in arc_json("schema")["relations"]]
         plotted = arc_json("plot", "--kind", "best", "-o", str(tmp_path / "best.png"))
         assert plotted["path"] and (tmp_path / "best.png").read_bytes().startswith(b"\x89PNG")
@@ -66,3 +79,19 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
         assert judged["hypothesis"]["status"] == "abandoned"
     finally:
         daemon.stop()
+
+
+def test_each_demo_starts_a_fresh_history_and_never_empties_a_foreign_state_dir(tmp_path):
+    demo = StatePaths.resolve(tmp_path / "demo").ensure()
+    History(demo.history).close()
+    (demo.root / MARKER).write_text("made by arc demo\n")
+    (demo.data_dir / "kept").mkdir(parents=True)
+    fresh_campaign(demo)
+    assert not list(demo.root.glob("history*.duckdb*")) and (demo.data_dir / "kept").is_dir()
+    assert "every_experiments: 8" in (demo.root / RULES_FILE).read_text()
+
+    other = StatePaths.resolve(tmp_path / "campaign").ensure()
+    History(other.history).close()
+    with pytest.raises(DemoError, match="holds a history the demo did not make"):
+        fresh_campaign(other)
+    assert other.history.exists() and not (other.root / MARKER).exists()

@@ -24,7 +24,8 @@ EXPECTED_TOOLS = {
     "list_gpus": True, "submit_jobs": False, "job_status": True, "list_jobs": True, "cancel_jobs": False,
     "tail_log": True, "wait_for_jobs": True, "query_results": True, "describe_history": True,
     "append_hypothesis": False, "update_hypothesis": False, "list_hypotheses": True, "leaderboard": True,
-    "digest": True, "plot_runs": True,
+    "digest": True, "plot_runs": True, "research_status": True, "suggest_configs": True, "compare_runs": True,
+    "measure_noise": False, "diff_jobs": True, "rerun_job": False,
 }
 
 
@@ -80,6 +81,8 @@ async def test_tools_are_listed_with_annotations_and_short_descriptions(client):
     assert tools["cancel_jobs"].annotations.destructive_hint
     assert tools["leaderboard"].output_schema["properties"]["summary"]
     assert tools["tail_log"].output_schema is None                # the log is text content, not structured
+    assert tools["diff_jobs"].output_schema is None               # so is a code diff
+    assert "approve" not in tools                                 # lifting a checkpoint is the person's act
 
 
 async def test_list_gpus_and_unknown_host(client):
@@ -140,7 +143,7 @@ async def test_list_jobs_filters_and_pages(client):
     await run_jobs(client, metric_job(2.0, tags=["page"]), metric_job(2.1, tags=["page"]),
                    metric_job(2.2, tags=["page"]))
     first = data(await client.call_tool("list_jobs", {"tag": "page", "limit": 2}))
-    assert first["total"] == 3 and len(first["jobs"]) == 2 and first["next"] == "list_jobs(offset=2)"
+    assert first["total"] == 3 and len(first["jobs"]) == 2 and first["next"] == "list_jobs(tag='page', limit=2, offset=2)"
     second = data(await client.call_tool("list_jobs", {"tag": "page", "limit": 2, "offset": 2}))
     assert len(second["jobs"]) == 1 and "next" not in second
     assert data(await client.call_tool("list_jobs", {"status": ["succeeded"], "tag": "page"}))["total"] == 3

@@ -57,13 +57,13 @@ def test_trainer_snapshot_against_an_edited_copy(tmp_path):
     base = store.snapshot_trainer()
     edited = tmp_path / "edited" / "trainer"
     project(edited, {p.name: p.read_text() for p in (store.path(base) / "trainer").iterdir() if p.is_file()})
-    train = edited / "train.py"
-    train.write_text(train.read_text().replace("matrix_lr: float = 0.04", "matrix_lr: float = 0.03"))
+    config = edited / "config.py"      # the trainer's defaults live in trainer/config.py
+    config.write_text(config.read_text().replace("matrix_lr: float = 0.04", "matrix_lr: float = 0.03"))
     changed = store.snapshot(edited, as_package="trainer")
     result = diff_jobs({"job_id": "j1", "code_hash": base, "kind": "command", "argv": ["python", "a.py"]},
                        {"job_id": "j2", "code_hash": changed, "kind": "command", "argv": ["python", "b.py"]},
                        store.root)
-    assert result.files == ["M trainer/train.py (+1 -1)"]
+    assert result.files == ["M trainer/config.py (+1 -1)"]
     assert "+    matrix_lr: float = 0.03" in result.diff
     assert result.settings == ['command: ["python", "a.py"] -> ["python", "b.py"]']
 

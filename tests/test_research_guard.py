@@ -7,7 +7,7 @@ import pytest
 from mcp_server.history import History
 from mcp_server.research.checkpoints import checkpoint_due, checkpoint_state
 from mcp_server.research.config import ResearchConfigError, parse_research
-from mcp_server.research.guard import Allowance, GuardError, Guardrails, check_submission, job_times
+from mcp_server.research.guard import Allowance, GuardError, Guardrails, check_submission, job_times, pause_prefix
 from mcp_server.research.usage import Prices, Usage, measure_usage
 
 SPACE = {
@@ -57,7 +57,7 @@ def test_search_space_refusals_name_rule_and_limit():
     cfg = parse_research({"search_space": SPACE})
     check_submission(cfg, [trainer({"matrix_lr": 0.02, "depth": 8, "window_pattern": "SL", "other": 1})], Usage())
     assert refusal(cfg, [trainer(), trainer(), trainer({"matrix_lr": 0.5})]) == (
-        "refused by research.yaml, nothing submitted: job 2: matrix_lr=0.5 is above the search space max 0.1 "
+        "refused by research.yaml: job 2: matrix_lr=0.5 is above the search space max 0.1 "
         "(research.yaml search_space.matrix_lr.max); fix: choose a value in [0.001, 0.1]")
     assert "job 0: matrix_lr=0.0001 is below the search space min 0.001 (research.yaml search_space.matrix_lr.min)" \
         in refusal(cfg, [trainer({"matrix_lr": 0.0001})])
@@ -184,7 +184,7 @@ def test_gpu_hour_budget_refuses_a_batch_that_would_cross_it(history):
     with pytest.raises(GuardError) as info:
         guard.check([trainer(budget=2000, limit=4000, gpus=2)])
     assert str(info.value) == (
-        "refused by research.yaml, nothing submitted: batch: this batch would bring projected GPU use to 5.11 h, "
+        "refused by research.yaml: batch: this batch would bring projected GPU use to 5.11 h, "
         "over the budget of 5 GPU-hours (research.yaml budgets.gpu_hours): spent 3.00 h, committed to queued and "
         "running jobs 1.00 h, this batch 1.11 h (1 job(s), time budget × GPUs); fix: submit fewer or shorter jobs, "
         "wait for running ones, or raise budgets.gpu_hours")
@@ -212,7 +212,10 @@ def test_spent_budget_holds_dispatch_and_approval_does_not_lift_it(history):
     assert reason.startswith("budget spent: 1.06 of 1 GPU-hours used (research.yaml budgets.gpu_hours)")
     status = guard.approve("go on", by="alice")
     assert status.paused.startswith("budget spent: 1.06 of 1 GPU-hours used")
-    assert status.resume == "raise the budget in research.yaml and restart the daemon"
+    assert status.resume == "a person raises the budget in research.yaml and restarts the daemon"
+    assert guard.last_held == reason and pause_prefix(reason) == (
+        f"PAUSED: {reason}; new work waits until a person raises the budget in research.yaml and restarts the "
+        "daemon. ")
     assert guard.launch_gate() is not None
     with pytest.raises(GuardError, match="budgets.gpu_hours"):
         guard.check([trainer(budget=10)])
@@ -240,8 +243,11 @@ def test_checkpoint_pauses_after_n_experiments_and_approval_resumes(history):
     status = guard.status()
     assert status.paused == reason and status.resume == "a person runs `arc approve --note '...'` to go on"
     assert status.summary.startswith("PAUSED (paused for review: 3 experiments")
+    assert pause_prefix(reason) == ("PAUSED for review: 3 experiments since the campaign started (checkpoint every "
+                                    "3); new work waits until a person runs `arc approve --note '...'`. ")
     approved = guard.approve("lr sweep looks fine; try depth next", by="alice")
     assert approved.paused is None and approved.last_approval_note == "lr sweep looks fine; try depth next"
+    assert guard.last_held is None                  # lifted at once, not at the next dispatch round
     assert approved.last_approval_by == "alice" and approved.experiments_since_checkpoint == 0
     assert guard.launch_gate() is None
     place(history, 3)

@@ -23,10 +23,10 @@ def test_a_large_shift_is_significant_and_direction_aware():
     lower = compare(a, b, "H100", "H100")
     assert lower.significant and lower.better and lower.p_value < 0.01 and lower.diff == pytest.approx(
         np.mean(b) - np.mean(a))
-    assert lower.verdict.startswith(f"significant (p={lower.p_value:.3g}, Welch, 3 vs 3 runs on H100): "
+    assert lower.summary.startswith(f"significant (p={lower.p_value:.3g}, Welch, 3 vs 3 runs on H100): "
                                     f"b is better by ")
     higher = compare(a, b, "H100", "H100", direction="maximize")
-    assert higher.significant and higher.better is False and "b is worse by" in higher.verdict
+    assert higher.significant and higher.better is False and "b is worse by" in higher.summary
 
 
 def test_single_runs_are_held_against_the_noise_floor():
@@ -36,28 +36,28 @@ def test_single_runs_are_held_against_the_noise_floor():
     floor = 1.959964 * sigma * math.sqrt(2)
     assert within.test == "noise_floor" and within.p_value is None and not within.significant
     assert within.noise_floor == pytest.approx(floor, rel=1e-5)
-    assert within.verdict == f"within noise (|Δ|=0.000309 <= floor {floor:.6g}, 1 vs 1 runs on H100)"
+    assert within.summary == f"within noise (|Δ|=0.000309 <= floor {floor:.6g}, 1 vs 1 runs on H100)"
     beyond = compare([0.9979, 0.9981, 0.9980, 0.9978], [0.9950], "H100", "H100", noise_sigma=sigma)
     assert beyond.significant and beyond.better
-    assert beyond.verdict.startswith("beyond noise (|Δ|=0.00295 > floor") and beyond.verdict.endswith(
+    assert beyond.summary.startswith("beyond noise (|Δ|=0.00295 > floor") and beyond.summary.endswith(
         "4 vs 1 runs on H100): b is better")
 
 
 def test_without_a_floor_a_single_run_gives_no_verdict():
     result = compare([1.0], [0.99, 0.98], "H200", "H200")
     assert result.significant is None and result.test == "none" and result.diff == pytest.approx(-0.015)
-    assert result.verdict.startswith("unknown: 1 vs 2 runs on H200, too few for a t-test, and no noise floor")
+    assert result.summary.startswith("unknown: 1 vs 2 runs on H200, too few for a t-test, and no noise floor")
 
 
 def test_cross_class_is_flagged_never_a_silent_number():
     result = compare([0.998, 0.997], [0.992, 0.993], "H100", "H200")
     assert not result.comparable and result.diff is None and result.significant is None
     assert result.p_value is None and result.gpu_class is None
-    assert result.verdict.startswith("cross-class: H100 vs H200 — not comparable")
+    assert result.summary.startswith("cross-class: H100 vs H200 — not comparable")
 
 
 def test_no_spread_on_either_side():
-    assert compare([1.0, 1.0], [1.0, 1.0], "cpu", "cpu").verdict == "no difference (p=1, Welch, 2 vs 2 runs on cpu)"
+    assert compare([1.0, 1.0], [1.0, 1.0], "cpu", "cpu").summary == "no difference (p=1, Welch, 2 vs 2 runs on cpu)"
     deterministic = compare([1.0, 1.0], [0.9, 0.9], "cpu", "cpu")
     assert deterministic.significant and deterministic.p_value == 0.0
 

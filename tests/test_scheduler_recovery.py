@@ -19,10 +19,10 @@ def statuses(arc: Arc, job_ids: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["kill -9", "clean stop"])
-def test_a_restarted_daemon_reconciles_running_jobs_and_ingests_them(netns_factory, tmp_path, how):
+def test_a_restarted_daemon_reconciles_running_jobs_and_ingests_them(netns_factory, arcs, tmp_path, how):
     fleet = netns_factory(2, simulate_gpus=GPUS)
     workdirs = {h.name: h.workdir for h in fleet.hosts}
-    arc = Arc(tmp_path / "state", fleet.hosts_yaml)
+    arc = arcs(tmp_path / "state", fleet.hosts_yaml)
     gates = Gates(tmp_path / "gates")
     first_pid = arc.start()
     hid = arc.history_id()
@@ -54,9 +54,9 @@ def test_a_restarted_daemon_reconciles_running_jobs_and_ingests_them(netns_facto
     assert len(rows) == 6 * (3 * 2 + 2)   # per job: 3 @arc lines of x and loss, and val_bpb + training_seconds
 
 
-def test_a_host_away_past_the_grace_has_its_jobs_marked_lost(netns_factory, tmp_path):
+def test_a_host_away_past_the_grace_has_its_jobs_marked_lost(netns_factory, arcs, tmp_path):
     fleet = netns_factory(2, simulate_gpus=GPUS)
-    arc = Arc(tmp_path / "state", fleet.hosts_yaml)
+    arc = arcs(tmp_path / "state", fleet.hosts_yaml)
     gates = Gates(tmp_path / "gates")
     arc.start("--lost-after", "3")
     away, control = arc.submit([gates.spec("away", requirements={"host": "h2"}),
@@ -92,10 +92,10 @@ def test_a_host_away_past_the_grace_has_its_jobs_marked_lost(netns_factory, tmp_
     assert claim_violations([h.workdir for h in fleet.hosts]) == {}
 
 
-def test_jobs_of_a_host_removed_from_hosts_yaml_are_lost_not_stuck(netns_factory, tmp_path):
+def test_jobs_of_a_host_removed_from_hosts_yaml_are_lost_not_stuck(netns_factory, arcs, tmp_path):
     fleet = netns_factory(2, simulate_gpus=GPUS)
     gates = Gates(tmp_path / "gates")
-    arc = Arc(tmp_path / "state", fleet.hosts_yaml)
+    arc = arcs(tmp_path / "state", fleet.hosts_yaml)
     arc.start()
     [crashed] = arc.submit([{"command": ["false"], "time_limit_s": 60, "requirements": {"host": "h2"}}])
     arc.wait([crashed])
@@ -105,7 +105,7 @@ def test_jobs_of_a_host_removed_from_hosts_yaml_are_lost_not_stuck(netns_factory
     # The person drops h2 from the fleet: what ran there can no longer be reconciled, so it is lost, with why,
     # and its details (whose log lives on h2) still answer.
     only_h1 = fleet.write_hosts_yaml(tmp_path / "h1-only.yaml", [fleet.host_entry("h1")])
-    arc = Arc(tmp_path / "state", only_h1)
+    arc = arcs(tmp_path / "state", only_h1)
     arc.start()
     jobs = arc.jobs([crashed, orphan])
     assert (jobs[orphan]["status"], jobs[orphan]["reason"]) == ("lost", "its host h2 is no longer in hosts.yaml")

@@ -28,7 +28,18 @@ from .space import config_problems
 from .usage import Prices, Usage, job_gpus, job_seconds, measure_usage
 
 MAX_LISTED = 5
+REVIEW = "paused for review: "
 APPROVE_HINT = "a person runs `arc approve --note '...'` to go on"
+BUDGET_HINT = "a person raises the budget in research.yaml and restarts the daemon"
+WHILE_PAUSED = "report to the person (digest, leaderboard); queued jobs start once they act"
+
+
+def pause_prefix(held: str) -> str:
+    """The words every tool answer starts with while dispatch is held: why, and what a person does to go on."""
+    if held.startswith(REVIEW):
+        return (f"PAUSED for review: {held[len(REVIEW):]}; new work waits until a person runs "
+                "`arc approve --note '...'`. ")
+    return f"PAUSED: {held}; new work waits until {BUDGET_HINT}. "
 
 
 class GuardError(ValueError):
@@ -120,12 +131,12 @@ def budget_problems(cfg: ResearchConfig, rows: Sequence[Mapping[str, Any]], usag
 
 def check_submission(cfg: ResearchConfig, rows: Sequence[Mapping[str, Any]], usage: Usage,
                      prices: Prices | None = None) -> None:
-    """Raise GuardError naming every rule the batch breaks; nothing is submitted then."""
+    """Raise GuardError naming every rule the batch breaks; the service then submits nothing."""
     problems = [f"job {i}: {p}" for i, row in enumerate(rows) for p in row_problems(cfg, row)]
     problems += [f"batch: {p}" for p in budget_problems(cfg, rows, usage, prices or Prices())]
     if problems:
         more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise GuardError("refused by research.yaml, nothing submitted: " + "; ".join(problems[:MAX_LISTED]) + more)
+        raise GuardError("refused by research.yaml: " + "; ".join(problems[:MAX_LISTED]) + more)
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ class GuardStatus(BaseModel):
     last_approval_note: str | None = None    # what the person said at the last checkpoint
     last_approval_at: str | None = None
     last_approval_by: str | None = None
+    next: str | None = None
 
 
 class Guardrails:
@@ -239,7 +251,8 @@ class Guardrails:
 
     @property
     def last_held(self) -> str | None:
-        """The hold the last allowance found (no query): cheap enough to prefix every tool answer with."""
+        """The hold the last allowance found (no query): cheap enough to prefix every tool answer with. The
+        scheduler asks for an allowance each dispatch round and the daemon's tick, so it is seconds old at most."""
         return self._last_held
 
     def launch_gate(self) -> str | None:
@@ -253,6 +266,7 @@ class Guardrails:
     def approve(self, note: str | None = None, by: str | None = None) -> GuardStatus:
         """A person's go-ahead at a checkpoint; the note is shown to the agent from now on."""
         approve(self.history, note, by, paused_reason=self.pause_reason())
+        self.allowance()   # the hold lifts now (and says so in the events), not at the next dispatch round
         return self.status()
 
     def status(self) -> GuardStatus:
@@ -264,8 +278,8 @@ class Guardrails:
         used_h, committed_h = usage.gpu_hours, usage.committed_gpu_seconds / 3600
         status = GuardStatus(
             summary="", paused=paused,
-            resume=None if paused is None else APPROVE_HINT if paused.startswith("paused for review") else
-            "raise the budget in research.yaml and restart the daemon",
+            resume=None if paused is None else APPROVE_HINT if paused.startswith(REVIEW) else BUDGET_HINT,
+            next=WHILE_PAUSED if paused else None,
             gpu_hours_used=round(used_h, 3), gpu_hours_committed=round(committed_h, 3),
             gpu_hours_budget=b.gpu_hours,
             gpu_hours_left=None if b.gpu_hours is None else round(max(0.0, b.gpu_hours - used_h), 3),

@@ -13,7 +13,7 @@ import math
 from statistics import NormalDist, fmean
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as scipy_stats
 
 NOISE_TAG = "noise"
@@ -27,12 +27,14 @@ class NoiseFloor(BaseModel):
 
 
 class Comparison(BaseModel):
-    """b against a: `diff` = mean(b) - mean(a); `better` says whether b improves on a in the metric's direction."""
-    verdict: str
+    """b against a: `diff` = mean(b) - mean(a); `better` says whether b improves on a in the metric's direction.
+    `summary` is the statement a verdict quotes: the GPU class, the runs on each side, the difference and whether it
+    clears the noise."""
+    summary: str
     comparable: bool
-    gpu_class: str | None               # None when the two sides ran on different classes
-    gpu_class_a: str | None
-    gpu_class_b: str | None
+    gpu_class: str | None = None        # None when the two sides ran on different classes
+    gpu_class_a: str | None = None
+    gpu_class_b: str | None = None
     n_a: int
     n_b: int
     mean_a: float
@@ -43,6 +45,14 @@ class Comparison(BaseModel):
     p_value: float | None = None
     noise_floor: float | None = None    # the |diff| a noise-floor comparison had to exceed
     significant: bool | None = None
+    next: str | None = None
+
+
+class Sides(BaseModel):
+    """Two groups of runs to compare: `a` the reference (e.g. the baseline's seeds), `b` the candidate."""
+    model_config = ConfigDict(extra="forbid")
+    a: list[str] = Field(min_length=1, max_length=200, description="reference job ids, e.g. the baseline's seeds")
+    b: list[str] = Field(min_length=1, max_length=200, description="candidate job ids")
 
 
 def _finite(values: Iterable[float], side: str) -> list[float]:
@@ -62,7 +72,7 @@ def compare(a: Sequence[float], b: Sequence[float], gpu_class_a: str | None, gpu
     base = dict(gpu_class_a=gpu_class_a, gpu_class_b=gpu_class_b, n_a=len(a), n_b=len(b),
                 mean_a=fmean(a), mean_b=fmean(b))
     if gpu_class_a != gpu_class_b:
-        return Comparison(verdict=f"cross-class: {gpu_class_a} vs {gpu_class_b} — not comparable; rerun one side "
+        return Comparison(summary=f"cross-class: {gpu_class_a} vs {gpu_class_b} — not comparable; rerun one side "
                           "on the other's class (requirements.same_class_as)", comparable=False, gpu_class=None, **base)
     cls = gpu_class_a
     diff = base["mean_b"] - base["mean_a"]
@@ -74,17 +84,17 @@ def compare(a: Sequence[float], b: Sequence[float], gpu_class_a: str | None, gpu
         significant = p < alpha
         verdict = (f"{'significant' if significant else 'not significant'} (p={p:.3g}, Welch, {runs}): "
                    f"b is {way} by {abs(diff):.6g}" if diff else f"no difference (p=1, Welch, {runs})")
-        return Comparison(verdict=verdict, comparable=True, gpu_class=cls, diff=diff, better=better if diff else None,
+        return Comparison(summary=verdict, comparable=True, gpu_class=cls, diff=diff, better=better if diff else None,
                           test="welch", p_value=p, significant=significant and diff != 0, **base)
     if noise_sigma is None:
-        return Comparison(verdict=f"unknown: {runs}, too few for a t-test, and no noise floor measured on {cls} "
+        return Comparison(summary=f"unknown: {runs}, too few for a t-test, and no noise floor measured on {cls} "
                           "(run measure_noise, or add seeds to both sides)", comparable=True, gpu_class=cls,
                           diff=diff, better=better if diff else None, **base)
     floor = NormalDist().inv_cdf(1 - alpha / 2) * noise_sigma * math.sqrt(1 / len(a) + 1 / len(b))
     significant = abs(diff) > floor
     verdict = (f"beyond noise (|Δ|={abs(diff):.6g} > floor {floor:.6g}, {runs}): b is {way}" if significant else
                f"within noise (|Δ|={abs(diff):.6g} <= floor {floor:.6g}, {runs})")
-    return Comparison(verdict=verdict, comparable=True, gpu_class=cls, diff=diff, better=better if diff else None,
+    return Comparison(summary=verdict, comparable=True, gpu_class=cls, diff=diff, better=better if diff else None,
                       test="noise_floor", noise_floor=floor, significant=significant, **base)
 
 
