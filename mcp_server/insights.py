@@ -155,8 +155,8 @@ def best_line(board: ClassBoard, metric: str) -> str:
     line = f"{board.gpu_class}: best {lead.job_id} {metric} {_fmt(lead.metric)}"
     if lead.job_id == board.baseline_job:
         return line + " (the baseline)"
-    return line + f" ({lead.vs_baseline:+.4g} vs baseline {board.baseline_job}" + (
-        f": {lead.significance})" if lead.significance else ")")
+    return line + f" ({lead.vs_baseline:+.4g} vs baseline {board.baseline_job}: " + (
+        f"{lead.significance})" if lead.significance else "the baseline's config at another seed)")
 
 
 # ---- digest --------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import pytest
 
 from mcp_server import hypotheses, insights
 from mcp_server.history import History
+from mcp_server.insights import best_line
+from mcp_server.research import NOISE_TAG, noise_floors, parse_research
 from mcp_server.service import ArcError
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -21,10 +23,10 @@ def history(tmp_path):
 
 def add_run(h: History, value: float | None, gpu_class: str | None = "H100", config: dict | None = None,
             tags: list[str] | None = None, minutes: float = 0, status: str = "succeeded",
-            code_hash: str = "c0", reason: str | None = None) -> str:
+            code_hash: str = "c0", reason: str | None = None, seed: int | None = None) -> str:
     (job_id,) = h.new_job_ids(1)
     h.insert_jobs([{"job_id": job_id, "kind": "trainer", "config": config or {}, "tags": tags or [],
-                    "code_hash": code_hash, "time_limit_s": 60.0}])
+                    "code_hash": code_hash, "time_limit_s": 60.0, "seed": seed}])
     t = T0 + dt.timedelta(minutes=minutes)
     h.update_job(job_id, status=status, gpu_class=gpu_class, primary_value=value, started_at=t,
                  ended_at=t + dt.timedelta(minutes=5), reason=reason, exit_code=0 if status == "succeeded" else 1)
@@ -54,6 +56,46 @@ def test_leaderboard_ranks_within_each_class_against_its_baseline(history):
     reverted = insights.leaderboard(history, "val_bpb", direction="max", gpu_class="H100", top=1)
     assert reverted.classes[0].best[0].job_id == worse
     assert reverted.classes[0].best[0].changes == {"preset": None}   # the baseline's override, dropped
+
+
+def test_leaderboard_and_digest_hold_each_best_to_the_noise_of_its_class(history):
+    base = [add_run(history, v, tags=["baseline", "noise"], seed=i, minutes=i)
+            for i, v in enumerate((1.000, 1.002, 0.998))]                          # sigma 0.002
+    better = [add_run(history, v, config={"matrix_lr": 0.08}, seed=i, minutes=5 + i)
+              for i, v in enumerate((0.950, 0.952))]
+    add_run(history, 0.950, config={"matrix_lr": 0.08}, seed=0, minutes=8)        # a rerun: no new replicate
+    tiny = add_run(history, 0.999, config={"matrix_lr": 0.041}, seed=0, minutes=9)
+    other = add_run(history, 0.5, gpu_class="H200", config={"matrix_lr": 0.08}, seed=0, minutes=10)
+    floors = noise_floors(history.jobs(tag=NOISE_TAG, limit=None))
+    assert floors["H100"].sigma == pytest.approx(0.002)
+
+    board = insights.leaderboard(history, "val_bpb", top=10, floors=floors)
+    h100 = next(c for c in board.classes if c.gpu_class == "H100")
+    assert (h100.baseline_job, h100.baseline_runs, h100.noise_sigma) == (base[0], 3, 0.002)
+    entries = {e.job_id: e for e in h100.best}
+    assert entries[better[0]].n == 2 and entries[better[0]].significant
+    assert entries[better[0]].significance.startswith("significant (Welch p=")
+    assert entries[better[0]].significance.endswith(", 2 vs 3 baseline run(s))")
+    floor = 1.959964 * 0.002 * (1 / 3 + 1) ** 0.5
+    assert entries[tiny].significance == f"within noise (|Δ| 0.001 <= floor {floor:.4g}, 1 vs 3 baseline run(s))"
+    assert entries[base[1]].significance is None and entries[base[1]].n == 3      # the baseline's own seed
+    h200 = next(c for c in board.classes if c.gpu_class == "H200")
+    assert h200.best[0].job_id == other and h200.best[0].significance is None    # never held against H100
+    assert board.summary.startswith(f"H100: best {better[0]} val_bpb 0.95 (-0.05 vs baseline {base[0]}: "
+                                    "significant (Welch p=")
+    assert board.summary.endswith("classes are ranked apart, never against each other")
+
+    rules = parse_research({"search_space": {"matrix_lr": {"type": "float", "min": 0.005, "max": 0.08}},
+                            "stagnation": {"window": 2}})
+    digest = insights.digest(history, "val_bpb", since="2025-06-01T00:00:00Z", research=rules, floors=floors,
+                             guardrails="running; 0.50 of 4 GPU-hours used")
+    assert digest.significance[0] == best_line(h100, "val_bpb") and len(digest.significance) == 2
+    assert digest.guardrails == "running; 0.50 of 4 GPU-hours used"
+    assert any(w.startswith("stagnation on H100: no new best in the last 3 experiments") for w in digest.health)
+    assert any(w.startswith(f"edge on H100: the best run {better[0]} has matrix_lr=0.08 at the top") for w in
+               digest.health)
+    assert digest.summary.endswith(f"; {len(digest.health)} search-health warning(s)")
+    assert digest.next == "suggest_configs for fresh proposals"
 
 
 def test_leaderboard_refusals_and_empty_history(history):

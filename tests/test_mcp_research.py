@@ -273,6 +273,7 @@ async def test_a_broken_snapshot_fails_with_a_triage(client, tmp_path):
 # ---- budget accounting (last: it waits for every job of the module to end) -------------------------------------
 
 async def test_budget_accounting_matches_the_gpu_seconds_of_finished_jobs(client, service):
+    await run(client, quick(1.0, sleep_s=1.0), quick(1.0, sleep_s=1.0))
     active = data(await client.call_tool("list_jobs", {"status": ["queued", "dispatching", "unconfirmed", "running",
                                                                   "unknown"], "limit": 200}))["jobs"]
     if active:
@@ -282,7 +283,7 @@ async def test_budget_accounting_matches_the_gpu_seconds_of_finished_jobs(client
         SELECT coalesce(sum(gpu_seconds), 0), count(*) FILTER (gpu_seconds > 0),
                count(*) FILTER (abs(gpu_seconds - (epoch(ended_at) - epoch(started_at)) * len(gpu_indices)) > 1e-3)
         FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled', 'timeout', 'lost')"""}))["rows"]
-    assert gpu_jobs >= 8 and mismatched == 0        # each job's GPU-seconds: its run time x its GPUs
+    assert gpu_jobs >= 2 and mismatched == 0        # each job's GPU-seconds: its run time x its GPUs
     status = data(await client.call_tool("research_status", {}))
     assert status["gpu_hours_used"] == round(total / 3600, 3) and status["gpu_hours_committed"] == 0
     assert service.guard.usage().gpu_seconds == pytest.approx(total)

@@ -223,6 +223,8 @@ class HostSession:
             self._set_state(True, None)
             self._attempted.set()
             self._watch(conn)
+            with self._lock:
+                self._conn = None
             if not self._closed.is_set():
                 self._set_state(False, conn.reason)
 
@@ -267,7 +269,10 @@ class HostSession:
 
     def _lose_host(self, conn: _Connection) -> None:
         conn.fail("the host stopped answering (link down, host gone, or sshd dead)")
-        self.transport.close()
+        with self._lock:
+            # A late probe of an old connection must not cut the transport a newer connection already uses.
+            if conn is self._conn:
+                self.transport.close()
 
     def _probe_later(self, conn: _Connection) -> None:
         """A request timed out: is the host still there? Asked off the caller's thread, once at a time."""

@@ -1,0 +1,33 @@
+"""The trainer as a fleet job: prepared once on the controller, pushed over SSH, run under the host agent, and its
+val_bpb and curve in the DuckDB history (issue 3's end-to-end test)."""
+from __future__ import annotations
+
+from mcp_server.datasets import prepare_dataset
+
+SMALL_DATA = ["--max-bytes", "400000", "--vocab-size", "512"]
+
+
+def test_trainer_job_on_an_ssh_host_lands_its_val_bpb_in_duckdb(tmp_path, netns_hosts, arcs):
+    arc = arcs(tmp_path / "state", netns_hosts.hosts_yaml)
+    data_hash, facts = prepare_dataset(arc.paths.ensure(), SMALL_DATA)
+    assert facts["vocab_size"] == 512
+    arc.start()
+
+    # Simulated GPUs run on the CPU (the agent hides CUDA from them), so the cpu-tiny preset fits.
+    [job] = arc.submit([{"preset": "cpu-tiny", "config": {"max_steps": 12, "log_every": 4}, "seed": 3,
+                         "requirements": {"host": "h2"}}])
+    done = arc.wait([job], timeout=240)[job]
+    assert done["status"] == "succeeded", arc.cli("logs", job, "-n", "30").stdout
+
+    [(host, data, val_bpb, steps, code_hash)] = arc.sql(
+        f"SELECT r.host, j.data_hash, r.val_bpb, r.num_steps, r.code_hash FROM runs r JOIN jobs j USING (job_id) "
+        f"WHERE job_id = '{job}'")
+    assert host == "h2" and data == data_hash
+    assert 0 < val_bpb < 20 and steps == 12
+    # The job ran the snapshot the controller pushed: the trainer printed the same code hash's content.
+    assert (arc.paths.snapshots_dir / code_hash / "trainer" / "train.py").exists()
+    [(points,)] = arc.sql(f"SELECT count(*) FROM metrics WHERE job_id = '{job}' AND name = 'train_loss'")
+    assert points >= 3
+    # The dataset lives on the host under its content hash, pushed once.
+    workdir = netns_hosts.host("h2").workdir
+    assert (workdir / "data" / data_hash).is_dir()
