@@ -117,7 +117,8 @@ def _client(args, start: bool = True, daemon_args: tuple[str, ...] = ()):
     from .daemon_client import DaemonClient
 
     client = DaemonClient(_paths(args))
-    if start:
+    # A running daemon already validated its files; checking them again would cost every command a second.
+    if start and not client.running():
         hosts = hosts_file(args.hosts)
         if not hosts.exists():
             raise CliError(f"hosts file {hosts} not found; pass --hosts FILE or set ARC_HOSTS "
@@ -365,6 +366,23 @@ def _positive_seconds(text: str) -> float:
 def _setup_daemon_logging(paths: StatePaths) -> None:
     logging.basicConfig(level=os.environ.get("ARC_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_data_prepare(args) -> int:
+    from .datasets import DatasetError, prepare_dataset
+
+    prepare_args = ["--source", args.source, "--vocab-size", str(args.vocab_size)]
+    if args.max_bytes is not None:
+        prepare_args += ["--max-bytes", str(args.max_bytes)]
+    try:
+        with _console().status(f"preparing the trainer's data from {args.source}"):
+            digest, facts = prepare_dataset(_paths(args).ensure(), prepare_args)
+    except DatasetError as e:
+        raise CliError(str(e)) from None
+    emit(args, {"data_hash": digest, **facts},
+         lambda c, d: c.print(f"dataset {d['data_hash'][:12]} is now current: {d['train_tokens']:,} training "
+                              f"tokens, vocabulary {d['vocab_size']}; new trainer jobs use it"))
+    return 0
 
 
 def cmd_mcp(args) -> int:
@@ -743,6 +761,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
     dm.add_argument("--keep-daemon", action="store_true", help="leave the demo's daemon running at the end")
     dm.set_defaults(fn=cmd_demo)
+
+    data = sub.add_parser("data", help="the trainer's dataset").add_subparsers(dest="data_action", required=True)
+    dp = data.add_parser("prepare", help="tokenize a corpus (python -m trainer.prepare) and make it current")
+    dp.add_argument("--source", default="stdlib",
+                    help="stdlib (Python's own source, the default), a glob of text files, or of parquet shards")
+    dp.add_argument("--vocab-size", type=int, default=8192)
+    dp.add_argument("--max-bytes", type=int, help="cap on the corpus size")
+    dp.set_defaults(fn=cmd_data_prepare)
 
     m = sub.add_parser("mcp", help="MCP over stdio, for Claude Code (starts the daemon if needed)")
     m.set_defaults(fn=cmd_mcp)

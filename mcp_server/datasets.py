@@ -49,4 +49,9 @@ def prepare_dataset(paths: StatePaths, prepare_args: list[str]) -> tuple[str, di
     tmp_marker = marker.with_suffix(".tmp")
     tmp_marker.write_text(digest + "\n")
     os.replace(tmp_marker, marker)
-    return digest, json.loads(proc.stdout.strip().splitlines()[-1])
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    facts.pop("path", None)   # the temporary folder it was written to
+    # The trainer hashes its data files (it prints that hash in its runs); arc names the folder by the hash of
+    # the whole folder, manifest included, which is what hosts receive.
+    facts["manifest_hash"] = facts.pop("content_hash", None)
+    return digest, facts

@@ -24,7 +24,6 @@ import shlex
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .datasets import DatasetError, current_dataset, prepare_dataset
 from .paths import StatePaths
 
 DEFAULT_STATE_DIR = ".arc-demo"
@@ -456,31 +456,16 @@ class Researcher:
 # ---- set-up: data and the stdio connection -------------------------------------------------------------------
 
 def prepare_data(paths: StatePaths, console: Console, prepare_args: list[str] | None = None) -> str:
-    """The trainer's dataset in the state dir (`data/<hash>`, named by `data/CURRENT`), built once with
-    `python -m trainer.prepare` and `prepare_args` (default: the demo's size)."""
-    from .fleet import content_hash
-
-    current = paths.data_dir / "CURRENT"
-    if current.exists() and (paths.data_dir / current.read_text().strip()).is_dir():
-        digest = current.read_text().strip()
+    """The trainer's dataset in the state dir, built once (default: the demo's size)."""
+    digest = current_dataset(paths)
+    if digest is not None:
         console.print(f"dataset {digest[:12]} already prepared")
         return digest
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
     with console.status("preparing the trainer's data (tokenizer + token streams from Python's stdlib)"):
-        with tempfile.TemporaryDirectory(dir=paths.data_dir, prefix=".incoming-") as tmp:
-            out = Path(tmp) / "data"
-            proc = subprocess.run([sys.executable, "-m", "trainer.prepare", "--out", str(out),
-                                   *(DATA_ARGS if prepare_args is None else prepare_args)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise DemoError(f"trainer.prepare failed:\n{proc.stderr[-2000:]}")
-            digest = content_hash(out)
-            if not (paths.data_dir / digest).exists():
-                os.replace(out, paths.data_dir / digest)
-    tmp_marker = current.with_suffix(".tmp")
-    tmp_marker.write_text(digest + "\n")
-    os.replace(tmp_marker, current)
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            digest, facts = prepare_dataset(paths, DATA_ARGS if prepare_args is None else prepare_args)
+        except DatasetError as e:
+            raise DemoError(str(e)) from None
     console.print(f"dataset {digest[:12]}: {facts['train_tokens']:,} training tokens, vocab {facts['vocab_size']}")
     return digest
 

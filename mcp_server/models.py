@@ -200,6 +200,7 @@ class WaitResult(Result):
     done: list[JobView]
     pending: list[str]
     timed_out: bool
+    held: str | None = Field(None, description="why the pending jobs cannot start until a person acts")
 
 
 class SqlResult(Result):

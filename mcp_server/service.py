@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import workloads
+from .datasets import current_dataset
 from .gpu_classes import CPU_CLASS, gpu_class
 from .code_store import CodeStore, CodeStoreError
 from .fleet import AgentError, HostUnavailable, RequestTimeout
@@ -185,8 +186,7 @@ class Service:
     # ---- submission -------------------------------------------------------------------------------------
 
     def current_data_hash(self) -> str | None:
-        marker = self.paths.data_dir / "CURRENT"
-        return marker.read_text().strip() if marker.exists() else None
+        return current_dataset(self.paths)
 
     def _resolve_code(self, spec: JobSpec) -> str | None:
         try:
@@ -244,7 +244,8 @@ class Service:
                 if spec.kind == "trainer":
                     data_hash = self.current_data_hash()
                     if data_hash is None:
-                        raise ArcError("no dataset prepared; run `arc data prepare` (or the demo) first")
+                        raise ArcError("no dataset prepared for trainer jobs; a person runs `arc data prepare` "
+                                       "(see `arc data prepare --help`), then submit again")
                 config = dict(spec.config or {})
                 if spec.kind == "trainer" and spec.code in (None, "trainer"):
                     self._check_trainer_config(spec)
@@ -400,17 +401,25 @@ class Service:
             done = [j for j, r in rows.items() if r["status"] in TERMINAL_STATUSES]
             pending = [j for j in job_ids if j not in done]
             finished = bool(done) if mode == "any" else not pending
+            # Queued jobs behind a human checkpoint will not start within any wait: say so now.
+            held = self.guard.last_held if self.guard is not None else None
+            stuck = bool(held and pending) and all(rows[j]["status"] in ("queued", "held") for j in pending)
             left = deadline - time.monotonic()
-            if finished or left <= 0:
+            if finished or stuck or left <= 0:
                 views = [self._job_view(rows[j]) for j in done]
                 ok = sum(1 for v in views if v.status == "succeeded")
                 values = [v.metric for v in views if v.metric is not None]
                 best = (min if self.metric_direction == "min" else max)(values, default=None)
                 summary = f"{len(done)} of {len(job_ids)} ended ({ok} succeeded)" + (
-                    f", best {self.primary_metric} {best:.6f}" if best is not None else "") + (
-                    f"; timed out with {len(pending)} pending" if not finished else "")
-                return WaitResult(summary=summary, done=views[:50], pending=pending, timed_out=not finished,
-                                  next=f"wait_for_jobs(job_ids={pending[:8]!r})" if pending else "leaderboard")
+                    f", best {self.primary_metric} {best:.6f}" if best is not None else "")
+                if stuck and not finished:
+                    summary += f"; {len(pending)} queued behind a pause: {held}"
+                elif not finished:
+                    summary += f"; timed out with {len(pending)} pending"
+                follow = f"wait_for_jobs(job_ids={pending[:8]!r})" if pending else "leaderboard"
+                return WaitResult(summary=summary, done=views[:50], pending=pending,
+                                  timed_out=not finished and not stuck, held=held if stuck else None,
+                                  next="research_status" if stuck and not finished else follow)
             if progress is not None:
                 progress(len(done), len(job_ids), f"{len(done)}/{len(job_ids)} ended; waiting on "
                          + ", ".join(pending[:5]))

@@ -294,7 +294,7 @@ async def test_budget_accounting_matches_the_gpu_seconds_of_finished_jobs(client
 
 # ---- a checkpoint: every answer says PAUSED, the person's note reaches the agent -------------------------------
 
-PAUSE = ("PAUSED for review: 1 experiments since the campaign started (checkpoint every 1); new work waits until a "
+PAUSE = ("PAUSED for review: 1 experiment since the campaign started (checkpoint every 1); new work waits until a "
          "person runs `arc approve --note '...'`. ")
 
 
@@ -324,10 +324,16 @@ async def test_every_answer_says_paused_at_a_checkpoint_and_shows_the_approval_n
                 if result.structured_content is not None:    # the text copy for text-only clients agrees
                     assert json.loads(result.content[0].text) == result.structured_content, tool
             status = data(await client.call_tool("research_status", {}))
-            assert status["summary"].startswith("PAUSED (paused for review: 1 experiments since the campaign "
+            assert status["summary"].startswith("PAUSED (paused for review: 1 experiment since the campaign "
                                                 "started (checkpoint every 1)); a person runs `arc approve")
             assert status["summary"].count("PAUSED") == 1 and status["resume"].startswith("a person runs")
             assert data(await client.call_tool("job_status", {"job_ids": [second]}))["jobs"][0]["status"] == "queued"
+            # Waiting on work held for a person returns at once, saying so, instead of sitting out the timeout.
+            started = time.monotonic()
+            waited = data(await client.call_tool("wait_for_jobs", {"job_ids": [second], "timeout_s": 60}))
+            assert time.monotonic() - started < 10 and waited["pending"] == [second]
+            assert waited["held"].startswith("paused for review") and not waited["timed_out"]
+            assert waited["next"] == "research_status"
 
             service.approve("looks sane; try deeper models next", by="alice")   # what `arc approve` calls
             waited = data(await client.call_tool("wait_for_jobs", {"job_ids": [second], "timeout_s": 60}))

@@ -55,7 +55,8 @@ def checkpoint_due(cfg: ResearchConfig, state: CheckpointState, now: float | Non
     every_n, every_h = cfg.checkpoint.every_experiments, cfg.checkpoint.every_hours
     since = "since the last approval" if state.last else "since the campaign started"
     if every_n is not None and state.experiments_since >= every_n:
-        return f"{state.experiments_since} experiments {since} (checkpoint every {every_n})"
+        n = state.experiments_since
+        return f"{n} experiment{'' if n == 1 else 's'} {since} (checkpoint every {every_n})"
     hours = state.hours_since(now)
     if every_h is not None and state.since is not None and hours >= every_h:
         return f"{hours:.1f} hours {since} (checkpoint every {every_h:g} h)"
