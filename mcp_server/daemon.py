@@ -178,7 +178,7 @@ def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = 
     app = build_app(service, token)
     info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,
             "hosts_file": str(Path(hosts_path).resolve()), "research_file": str(Path(research_path).resolve()),
-            "started_at": time.time()}
+            "log": str(paths.daemon_log), "started_at": time.time()}
     tmp = paths.daemon_info.with_name(paths.daemon_info.name + ".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, paths.daemon_info)   # clients never read half of it

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import secrets
 import threading
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal
 import anyio
 import anyio.from_thread
 from mcp.server.mcpserver import Context, Image, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
@@ -45,6 +46,7 @@ judge with update_hypothesis, compare within one GPU class (leaderboard). Job ou
 answer starts with PAUSED, stop submitting and report to the person: only they can approve the next stretch."""
 
 MAX_WAITERS = 256
+log = logging.getLogger("arc.tools")
 HypothesisStatus = Literal["open", "supported", "refuted", "abandoned"]
 JobIds = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH, description="job ids, e.g. ['j3', 'j7']")]
 
@@ -72,9 +74,10 @@ def refusals(error: type[Exception] = ToolError) -> Iterator[None]:
 
 
 class ArcMCP(MCPServer):
-    """MCPServer whose argument-validation errors read as 'field: problem' instead of pydantic's full report, and
-    whose every answer starts with PAUSED while `held()` (the guardrails' current hold, read without a query)
-    names one: one place, so no tool can forget it."""
+    """MCPServer whose argument-validation errors read as 'field: problem' instead of pydantic's full report,
+    whose crashes name the exception instead of the SDK's bare 'Error executing tool' (the traceback goes to the
+    daemon log), and whose every answer starts with PAUSED while `held()` (the guardrails' current hold, read
+    without a query) names one: one place, so no tool can forget it."""
 
     def __init__(self, name: str, held: Callable[[], str | None], **kwargs: Any):
         super().__init__(name, **kwargs)
@@ -83,6 +86,13 @@ class ArcMCP(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
             result = await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as e:
+            cause = e.__cause__ or e
+            log.error("tool %s crashed", name, exc_info=cause)
+            what = f"{type(cause).__name__}: {cause}"
+            raise ToolError(f"{name} failed unexpectedly ({what[:300]}); nothing was lost and the server keeps "
+                            "serving: retry once, and if it fails again report it with the daemon log "
+                            "(`arc daemon status` shows where)") from cause
         except ToolError as e:
             if isinstance(e.__cause__, ValidationError):
                 raise ToolError(f"invalid arguments for {name}: {explain(e.__cause__)}") from e.__cause__

@@ -256,3 +256,19 @@ async def test_describe_history_prompt_and_resources(client):
     assert fleet["hosts"][0]["name"] == "local"
     history = json.loads((await client.read_resource("arc://history/schema")).contents[0].text)
     assert "jobs" in {r["name"] for r in history["relations"]}
+
+
+async def test_a_crash_inside_a_tool_names_the_exception_and_the_server_keeps_serving(tmp_path, caplog):
+    """The SDK would answer only 'Error executing tool X'; the agent needs the cause and what to do next."""
+    hosts = write_hosts_yaml(tmp_path / "hosts.yaml", [local_host_entry(tmp_path / "work", cpu_slots=1)])
+    svc = Service(StatePaths.resolve(tmp_path / "state"), load_hosts(hosts))
+    try:
+        async with Client(build_server(svc)) as c:
+            svc.history.close()                     # every history read now raises RuntimeError
+            text = error_text(await c.call_tool("list_hypotheses", {}))
+            assert "list_hypotheses failed unexpectedly (RuntimeError: history" in text, text
+            assert "is closed" in text and "retry once" in text and "daemon log" in text
+            assert "tool list_hypotheses crashed" in caplog.text and "Traceback" in caplog.text
+            assert {t.name for t in (await c.list_tools()).tools} == set(EXPECTED_TOOLS)
+    finally:
+        svc.close()

@@ -34,7 +34,7 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_repository_research_yaml_is_valid():
-    cfg = load_research(REPO / "research.yaml")
+    cfg = load_research(REPO / "examples" / "research-gpu.yaml")
     assert isinstance(cfg.search_space["matrix_lr"], FloatParam) and cfg.search_space["matrix_lr"].log
     assert isinstance(cfg.search_space["depth"], IntParam)
     assert isinstance(cfg.search_space["window_pattern"], ChoiceParam)
@@ -111,7 +111,7 @@ search_space:
 constraints:
   - {param: depth, product: [a, b], max: 3}
   - {param: depth}
-  - {product: [device_batch_size, seq_len], max: 65536}
+  - {product: [micro_steps, seq_len], max: 65536}
   - {param: depth, min: 5, max: 3}
 time_budget_s: 300
 hard_limit_s: 100
@@ -123,8 +123,9 @@ command_policy: {mode: any, allow: ['(']}
     assert ":5: field 'search_space.wp.values': values are not distinct" in text
     assert ":7: field 'constraints[0]': a rule names exactly one of param or product" in text
     assert ":8: field 'constraints[1]': a rule needs min, max or both" in text
-    assert ":9: field 'constraints[2].product': key 'device_batch_size' has no numeric baseline value" in text
-    assert ":9: field 'constraints[2].product': key 'seq_len' has no numeric baseline value" in text
+    # seq_len has the trainer's own default as its baseline; micro_steps is no trainer setting and has none.
+    assert ":9: field 'constraints[2].product': key 'micro_steps' has no numeric baseline value" in text
+    assert "key 'seq_len'" not in text
     assert ":10: field 'constraints[3].max': max 3.0 is below min 5.0" in text
     assert ":12: field 'hard_limit_s': hard_limit_s 100 is below time_budget_s 300" in text
     assert "field 'command_policy.allow': allow entries only apply with mode: allowlist" in text

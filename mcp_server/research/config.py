@@ -37,6 +37,8 @@ No file at all means the defaults: val_bpb, lower is better, no search space, no
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import re
@@ -253,10 +255,11 @@ def _check_meaning(cfg: ResearchConfig, problems: "_Problems") -> None:
                 problems.add(loc + ("product",), "a product needs at least two keys",
                              "product: [device_batch_size, seq_len], or use param: for one key")
             for key in c.product:
-                if not isinstance(cfg.baseline.get(key), (int, float)) or isinstance(cfg.baseline.get(key), bool):
+                value = baseline_for(cfg).get(key)
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
                     problems.add(loc + ("product",), f"key {key!r} has no numeric baseline value, so the rule "
                                  "could not be applied to jobs that leave it unset",
-                                 f"add it to baseline, e.g. baseline: {{{key}: <the trainer's value>}}")
+                                 f"add it to baseline, e.g. baseline: {{{key}: <the workload's value>}}")
     if cfg.hard_limit_s is not None and cfg.time_budget_s is not None and cfg.hard_limit_s < cfg.time_budget_s:
         problems.add(("hard_limit_s",), f"hard_limit_s {cfg.hard_limit_s:g} is below time_budget_s "
                      f"{cfg.time_budget_s:g}: every default job would be refused",
@@ -345,3 +348,13 @@ def _fields_at(loc: tuple) -> list[str]:
                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(model.model_fields) if model else []
 
+
+
+def baseline_for(cfg: ResearchConfig, preset: str | None = None) -> dict[str, Any]:
+    """The values of keys a job leaves unset: research.yaml's `baseline` over the packaged trainer's settings for
+    the job's preset (trainer/config.py, torch-free), so the file need not repeat the trainer's defaults."""
+    from trainer.config import PRESETS, Config
+
+    values = PRESETS.get(preset or "default")
+    trainer = dataclasses.asdict(Config(**values)) if values is not None else {}
+    return {**trainer, **cfg.baseline}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from .config import ChoiceParam, FloatParam, IntParam, ResearchConfig
+from .config import ChoiceParam, FloatParam, IntParam, ResearchConfig, baseline_for
 from .space import fmt, is_number, position
 
 EDGE = 0.05
@@ -53,7 +53,7 @@ def edges(cfg: ResearchConfig, jobs: list[Mapping[str, Any]]) -> list[str]:
     for cls in sorted({str(j.get("gpu_class")) for j in jobs if _ok(j)}):
         best = pick((j for j in jobs if _ok(j) and str(j.get("gpu_class")) == cls),
                     key=lambda j: j["primary_value"])
-        config = {**cfg.baseline, **(best.get("config") or {})}
+        config = {**baseline_for(cfg, (best.get("config") or {}).get("preset")), **(best.get("config") or {})}
         for name, spec in cfg.search_space.items():
             value = config.get(name)
             if isinstance(spec, ChoiceParam) or not is_number(value) or not spec.min <= value <= spec.max:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .config import ChoiceParam, Constraint, FloatParam, IntParam, ResearchConfig
+from .config import ChoiceParam, Constraint, FloatParam, IntParam, ResearchConfig, baseline_for
 
 Spec = FloatParam | IntParam | ChoiceParam
 
@@ -67,7 +67,10 @@ def constraint_problem(index: int, rule: Constraint, config: Mapping[str, Any],
 def config_problems(cfg: ResearchConfig, config: Mapping[str, Any]) -> list[str]:
     """Everything in a trainer config that the search space or the constraints refuse."""
     problems = []
+    baseline = baseline_for(cfg, config.get("preset"))
     for name, value in config.items():
+        if name == "preset":
+            continue   # a preset names a starting point, not a searched value
         spec = cfg.search_space.get(name)
         if spec is not None:
             problem = param_problem(name, spec, value)
@@ -77,7 +80,7 @@ def config_problems(cfg: ResearchConfig, config: Mapping[str, Any]) -> list[str]
             problems.append(f"{name}={fmt(value)}: {name} is not in the search space and research.yaml "
                             f"undeclared_params is refuse; fix: remove {name}, or declare it under search_space")
     for i, rule in enumerate(cfg.constraints):
-        problem = constraint_problem(i, rule, config, cfg.baseline)
+        problem = constraint_problem(i, rule, config, baseline)
         if problem:
             problems.append(problem)
     return problems
