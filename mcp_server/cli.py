@@ -534,7 +534,8 @@ def render_diff(console, data: dict) -> None:
 
 
 def cmd_research(args) -> int:
-    emit(args, _call(args, "research_status"), render_guard)
+    method = "reload_research" if args.research_action == "reload" else "research_status"
+    emit(args, _call(args, method), render_guard)
     return 0
 
 
@@ -714,8 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--out", default="arc-plot.png")
     pl.set_defaults(fn=cmd_plot)
 
-    rs = sub.add_parser("research", help="the campaign's guardrails: research status")
-    rs.add_argument("research_action", choices=["status"])
+    rs = sub.add_parser("research", help="the campaign's guardrails: research status | reload (after editing "
+                                          "research.yaml)")
+    rs.add_argument("research_action", choices=["status", "reload"])
     rs.set_defaults(fn=cmd_research)
 
     ap = sub.add_parser("approve", help="a person's go-ahead at a checkpoint; the note is shown to the agent")

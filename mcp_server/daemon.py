@@ -38,11 +38,12 @@ from .service import ArcError, Service
 log = logging.getLogger("arc.daemon")
 
 # Service operations the CLI may call over /rpc (the MCP tools are the other door to the same methods). `approve`
-# is here and deliberately not an MCP tool: lifting a checkpoint is the person's act, through the owner-only socket.
+# and `reload_research` are here and deliberately not MCP tools: lifting a checkpoint or loading a raised budget is
+# the person's act, through the owner-only socket.
 RPC_METHODS = ("list_gpus", "submit_jobs", "job_status", "list_jobs", "cancel_jobs", "tail_log", "wait_for_jobs",
                "query_results", "append_hypothesis", "update_hypothesis", "list_hypotheses", "leaderboard", "digest",
-               "plot_runs", "describe_history", "research_status", "approve", "suggest_configs", "compare_runs",
-               "measure_noise", "diff_jobs", "rerun_job")
+               "plot_runs", "describe_history", "research_status", "approve", "reload_research", "suggest_configs",
+               "compare_runs", "measure_noise", "diff_jobs", "rerun_job")
 
 
 def _bind_unix(path: Path) -> socket.socket:
@@ -174,7 +175,7 @@ def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = 
     sock_path = socket_path(paths)
     unix = _bind_unix(sock_path)
     tcp = _bind_tcp(port if port is not None else int(previous.get("port") or 0))
-    service = Service(paths, hosts, settings, research=research)
+    service = Service(paths, hosts, settings, research=research, research_file=Path(research_path))
     app = build_app(service, token)
     info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,
             "hosts_file": str(Path(hosts_path).resolve()), "research_file": str(Path(research_path).resolve()),

@@ -28,8 +28,9 @@ from .models import (
 from .models import Digest, HistorySchema, HypothesisList, HypothesisResult, Leaderboard, Plot, Suggestions
 from .paths import StatePaths
 from .research import (
-    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, JobDiff, NoiseFloor, ResearchConfig, Sides, Triage,
-    compare_jobs, diff_jobs, hang_reason, job_times, noise_floors, suggest_configs, triage, warm_trials,
+    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, JobDiff, NoiseFloor, ResearchConfig,
+    ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hang_reason, job_times, load_research, noise_floors,
+    suggest_configs, triage, warm_trials,
 )
 from .scheduler import Scheduler, SchedulerSettings
 
@@ -66,11 +67,13 @@ class Service:
     reads the history file directly and can answer only the operations that need no host."""
 
     def __init__(self, paths: StatePaths, hosts: HostsFile | None, settings: SchedulerSettings | None = None,
-                 read_only: bool = False, research: ResearchConfig | None = None):
+                 read_only: bool = False, research: ResearchConfig | None = None,
+                 research_file: Path | None = None):
         self.paths = paths.ensure()
         self.hosts = hosts
         self.read_only = read_only
         self.research = research or ResearchConfig()
+        self.research_file = research_file      # what reload_research reads again
         self.primary_metric = self.research.metric.name
         self.history = History(paths.history, read_only=read_only)
         self.code = CodeStore(paths.snapshots_dir)
@@ -452,6 +455,32 @@ class Service:
         """Budget used and left, experiments to the next checkpoint, whether dispatch is paused and what a person
         runs to go on, and the last approval's note."""
         return self._guardrails().status()
+
+    def reload_research(self) -> GuardStatus:
+        """Read research.yaml again (a person raised a budget or max_gpus, widened the space): the new rules hold
+        from the next submission and dispatch round. A broken file, or one that changes the metric the history
+        ranks by, is refused and the rules in force stay. A person's act, like approve: no MCP tool."""
+        guard = self._guardrails()
+        if self.research_file is None:
+            raise ArcError("this daemon was started without a research file to reload")
+        try:
+            cfg = load_research(self.research_file)
+        except ResearchConfigError as e:
+            raise ArcError(f"{e}; the rules in force are unchanged") from None
+        if cfg.metric != self.research.metric:
+            raise ArcError(f"{self.research_file}: metric changed from {self.research.metric.name} "
+                           f"({self.research.metric.direction}) to {cfg.metric.name} ({cfg.metric.direction}); "
+                           "the history's results are ranked by the first, so a new metric needs a new state dir "
+                           "(--state-dir); the rules in force are unchanged")
+        try:
+            guard.use(cfg)
+        except ResearchConfigError as e:
+            raise ArcError(f"{e}; the rules in force are unchanged") from None
+        self.research = cfg
+        self.history.add_event("research_reloaded", f"rules reloaded from {self.research_file}")
+        guard.allowance()        # a lifted hold lifts now (and says so in the events), not at the next round
+        self.scheduler.wake()
+        return guard.status()
 
     def approve(self, note: str | None = None, by: str = "cli") -> GuardStatus:
         """A person's go-ahead at a checkpoint (deliberately no MCP tool: the agent cannot lift its own pause)."""

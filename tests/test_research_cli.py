@@ -68,6 +68,33 @@ def test_a_checkpoint_holds_dispatch_until_arc_approve(tmp_path, local_hosts_yam
         arc.stop()
 
 
+def test_a_person_raises_a_limit_by_editing_research_yaml_and_reloading(tmp_path, local_hosts_yaml):
+    rules = local_hosts_yaml.parent / "research.yaml"
+    arc = campaign(tmp_path, local_hosts_yaml, SPACE + "max_gpus: 1\n")
+    try:
+        two_gpus = ("submit", "--gpus", "2", "--time-limit", "60", "--", "sleep", "0.1")
+        refused = arc.cli(*two_gpus, check=False)
+        assert refused.returncode != 0 and "asks 2 GPUs but research.yaml max_gpus is 1" in refused.stderr
+
+        rules.write_text(SPACE + "max_gpus: [2\n")                     # a slip while editing
+        broken = arc.cli("research", "reload", check=False)
+        assert broken.returncode != 0 and "YAML syntax error" in broken.stderr
+        assert "the rules in force are unchanged" in broken.stderr
+        rules.write_text(SPACE + "max_gpus: 2\nmetric: {name: loss, direction: minimize}\n")
+        renamed = arc.cli("research", "reload", check=False)
+        assert renamed.returncode != 0 and "metric changed from val_bpb (minimize) to loss" in renamed.stderr
+        assert arc.cli_json("research", "status")["max_gpus"] == 1
+
+        rules.write_text(SPACE + "max_gpus: 2\n")
+        assert arc.cli_json("research", "reload")["max_gpus"] == 2
+        job = arc.cli_json(*two_gpus)["jobs"][0]["job_id"]
+        assert arc.wait([job])[job]["status"] == "succeeded"
+        reloads = arc.sql("SELECT reason FROM events WHERE kind = 'research_reloaded'")
+        assert reloads == [[f"rules reloaded from {rules.resolve()}"]], reloads
+    finally:
+        arc.stop()
+
+
 def test_every_research_tool_is_a_command(tmp_path, local_hosts_yaml):
     arc = campaign(tmp_path, local_hosts_yaml, SPACE)
     try:

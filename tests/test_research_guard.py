@@ -212,10 +212,10 @@ def test_spent_budget_holds_dispatch_and_approval_does_not_lift_it(history):
     assert reason.startswith("budget spent: 1.06 of 1 GPU-hours used (research.yaml budgets.gpu_hours)")
     status = guard.approve("go on", by="alice")
     assert status.paused.startswith("budget spent: 1.06 of 1 GPU-hours used")
-    assert status.resume == "a person raises the budget in research.yaml and restarts the daemon"
+    assert status.resume == "a person raises the budget in research.yaml and runs `arc research reload`"
     assert guard.last_held == reason and pause_prefix(reason) == (
-        f"PAUSED: {reason}; new work waits until a person raises the budget in research.yaml and restarts the "
-        "daemon. ")
+        f"PAUSED: {reason}; new work waits until a person raises the budget in research.yaml and runs "
+        "`arc research reload`. ")
     assert guard.launch_gate() is not None
     with pytest.raises(GuardError, match="budgets.gpu_hours"):
         guard.check([trainer(budget=10)])

@@ -30,7 +30,7 @@ from .usage import Prices, Usage, job_gpus, job_seconds, measure_usage
 MAX_LISTED = 5
 REVIEW = "paused for review: "
 APPROVE_HINT = "a person runs `arc approve --note '...'` to go on"
-BUDGET_HINT = "a person raises the budget in research.yaml and restarts the daemon"
+BUDGET_HINT = "a person raises the budget in research.yaml and runs `arc research reload`"
 WHILE_PAUSED = "report to the person (digest, leaderboard); queued jobs start once they act"
 
 
@@ -176,15 +176,20 @@ class Guardrails:
     """research.yaml applied to one history. `prices`: hosts.yaml's cost_per_gpu_hour by host name."""
 
     def __init__(self, cfg: ResearchConfig, history: History, prices: Mapping[str, float] | None = None):
-        self.cfg = cfg
         self.history = history
-        self.prices = Prices.build(cfg, prices)
-        if cfg.budgets.money is not None and not self.prices.known:
+        self._host_prices = dict(prices or {})
+        self._lock = threading.Lock()
+        self._last_held: str | None = None
+        self.use(cfg)
+
+    def use(self, cfg: ResearchConfig) -> None:
+        """Apply these rules from now on: at start, and when a person edits research.yaml and reloads it."""
+        prices = Prices.build(cfg, self._host_prices)
+        if cfg.budgets.money is not None and not prices.known:
             raise ResearchConfigError([
                 "research.yaml: field 'budgets.money': a money budget needs a price per GPU-hour, and none is "
                 "known; fix: set budgets.price_per_gpu_hour (e.g. {H100: 2.5}) or cost_per_gpu_hour in hosts.yaml"])
-        self._lock = threading.Lock()
-        self._last_held: str | None = None
+        self.cfg, self.prices = cfg, prices
 
     def usage(self) -> Usage:
         return measure_usage(self.history, self.prices)
