@@ -480,7 +480,10 @@ class Service:
         self.history.add_event("research_reloaded", f"rules reloaded from {self.research_file}")
         guard.allowance()        # a lifted hold lifts now (and says so in the events), not at the next round
         self.scheduler.wake()
-        return guard.status()
+        status = guard.status()
+        found = "" if self.research_file.exists() else " (no such file: the defaults, no limits)"
+        status.summary = f"rules reloaded from {self.research_file}{found}; {status.summary}"
+        return status
 
     def approve(self, note: str | None = None, by: str = "cli") -> GuardStatus:
         """A person's go-ahead at a checkpoint (deliberately no MCP tool: the agent cannot lift its own pause)."""

@@ -86,7 +86,8 @@ def test_a_person_raises_a_limit_by_editing_research_yaml_and_reloading(tmp_path
         assert arc.cli_json("research", "status")["max_gpus"] == 1
 
         rules.write_text(SPACE + "max_gpus: 2\n")
-        assert arc.cli_json("research", "reload")["max_gpus"] == 2
+        reloaded = arc.cli_json("research", "reload")
+        assert reloaded["max_gpus"] == 2 and reloaded["summary"].startswith(f"rules reloaded from {rules.resolve()}; ")
         job = arc.cli_json(*two_gpus)["jobs"][0]["job_id"]
         assert arc.wait([job])[job]["status"] == "succeeded"
         reloads = arc.sql("SELECT reason FROM events WHERE kind = 'research_reloaded'")
