@@ -1,0 +1,88 @@
+"""`arc mcp` outlives its daemon: a headless Claude session keeps working when the daemon is killed (kill -9) while
+idle, during a read-only call, and during a submission, through the real stdio MCP client and a real daemon on
+this machine's `local` host. SIGSTOP first makes "the daemon dies while it holds the request" deterministic."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_server.daemon_client import DaemonClient
+from mcp_server.paths import StatePaths
+from tests.daemon_support import gated_job, wait_for
+from tests.mcp_support import data, error_text
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@asynccontextmanager
+async def bridge(hosts_yaml, state):
+    arc = shutil.which("arc")
+    if arc is None:
+        pytest.fail("the `arc` command is not on PATH: install the project first (pip install -e .)")
+    env = {"ARC_HOSTS": str(hosts_yaml), "ARC_STATE_DIR": str(state), "PATH": os.environ["PATH"]}
+    async with Client(StdioServerParameters(command=arc, args=["mcp"], env=env), read_timeout_seconds=120) as c:
+        yield c
+
+
+async def kill_while_holding(daemon: DaemonClient, call):
+    """Freeze the daemon, make `call` (it reaches the frozen daemon), kill the daemon: `call`'s answer."""
+    pid = daemon.info()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    answer = {}
+
+    async def make_call():
+        answer["result"] = await call()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(make_call)
+        await anyio.sleep(1.0)
+        assert not answer, "the frozen daemon answered"
+        os.kill(pid, signal.SIGKILL)
+    return answer["result"]
+
+
+async def test_the_bridge_outlives_its_daemon(tmp_path, local_hosts_yaml):
+    state = tmp_path / "state"
+    daemon = DaemonClient(StatePaths.resolve(state))
+    try:
+        async with bridge(local_hosts_yaml, state) as c:
+            await c.list_tools()                            # what Claude Code does first; it learns what is read-only
+            assert data(await c.call_tool("list_jobs", {}))["total"] == 0
+
+            first = daemon.info()["pid"]                    # 1. killed while the agent was thinking
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: not daemon.running(), 10, "the killed daemon's lock to go")
+            assert data(await c.call_tool("list_jobs", {}))["total"] == 0
+            assert daemon.info()["pid"] != first
+
+            gate = tmp_path / "gate"                        # 2. killed during a read-only call: sent again
+            job = data(await c.call_tool("submit_jobs", {"jobs": [gated_job(gate)]}))["jobs"][0]["job_id"]
+
+            async def wait_after_opening_the_gate():
+                gate.touch()                                 # the job ends while no daemon runs
+                return await c.call_tool("wait_for_jobs", {"job_ids": [job], "timeout_s": 60})
+
+            before = daemon.info()["pid"]
+            waited = data(await kill_while_holding(daemon, wait_after_opening_the_gate))
+            assert daemon.info()["pid"] != before                    # answered by the daemon the bridge restarted
+            assert [(d["job_id"], d["status"]) for d in waited["done"]] == [(job, "succeeded")]
+
+            submission = {"jobs": [gated_job(gate, name="lost-or-not")]}   # 3. killed during a submission
+            refused = error_text(await kill_while_holding(daemon, lambda: c.call_tool("submit_jobs", submission)))
+            assert "arc's daemon went away" in refused and "during this call" in refused
+            assert "check list_jobs first" in refused
+            jobs = data(await c.call_tool("list_jobs", {}))     # the next call starts a daemon again
+            assert jobs["total"] == 1, jobs                  # the frozen daemon never recorded it; the first job kept
+    finally:
+        daemon.stop()
