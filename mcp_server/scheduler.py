@@ -63,6 +63,7 @@ class HostRuntime:
     last_error: str | None = None
     pushed: set[str] = field(default_factory=set)   # code/data hashes known present on the host
     foreign: set[int] = field(default_factory=set)  # GPUs claimed by something that is not one of our jobs
+    foreign_cpu: set[str] = field(default_factory=set)   # host job ids holding CPU slots that are not ours
 
 
 class Scheduler:
@@ -197,12 +198,14 @@ class Scheduler:
     def _on_event(self, host: str, event: dict[str, Any]) -> None:
         kind, state = event.get("event"), event.get("state") or {}
         job_id = self.our_job_id(event.get("job_id"))
-        if kind == "job_ended" and state.get("gpus"):
+        if kind == "job_ended":
             rt = self.hosts[host]
             with self._lock:
-                freed = rt.foreign & set(state["gpus"])   # a GPU we avoided: another history's job, or one of ours
-                rt.foreign -= freed                     # that the history no longer counts (lost, say)
-            if freed:
+                freed = rt.foreign & set(state.get("gpus") or [])  # a GPU we avoided: another history's job, or
+                rt.foreign -= freed                               # one of ours the history no longer counts
+                freed_cpu = event.get("job_id") in rt.foreign_cpu
+                rt.foreign_cpu.discard(event.get("job_id"))
+            if freed or freed_cpu:
                 self._dispatch_idle.clear()
                 self._wake.set()
         if job_id is None:
@@ -326,6 +329,8 @@ class Scheduler:
             # that the history no longer counts as running (lost while its host was away, say).
             rt.foreign = {g["index"] for g in listed if g.get("claimed_by") and
                           self.our_job_id(g["claimed_by"]) != self._busy_gpus.get((host, g["index"]))}
+            rt.foreign_cpu = {c["job_id"] for c in inv.get("cpu_claims", [])
+                              if self.our_job_id(c["job_id"]) not in self._busy_cpu[host]}
         self.history.upsert_gpus(host, listed)
 
     # ---- dispatch ------------------------------------------------------------------------------------------
@@ -371,7 +376,7 @@ class Scheduler:
                 req = req.model_copy(update={"gpu_class": ref["gpu_class"], "same_class_as": None})
             with self._lock:
                 busy_gpus = set(self._busy_gpus) | {(name, i) for name, rt in self.hosts.items() for i in rt.foreign}
-                busy_cpu = {h: len(s) for h, s in self._busy_cpu.items()}
+                busy_cpu = {h: len(s) + len(self.hosts[h].foreign_cpu) for h, s in self._busy_cpu.items()}
                 placement = place(req, ready, busy_gpus, busy_cpu)
                 if placement is None:
                     continue
@@ -446,7 +451,7 @@ class Scheduler:
                 self.history.update_job(job_id, expect_status="dispatching", status="unconfirmed",
                                         _reason=f"{host} already has this job from an earlier launch; will ask it")
             else:
-                if e.code == "claim_conflict" and placement.gpu_indices:
+                if e.code == "claim_conflict":
                     self._learn_claims(host, placement.gpu_indices)
                 self._requeue(job, host, f"{e.code} on {host}: {e.message}")
             return
@@ -475,7 +480,8 @@ class Scheduler:
             self._ingest(host, job_id, state)
 
     def _learn_claims(self, host: str, gpus: tuple[int, ...]) -> None:
-        """A launch found GPUs claimed that we thought free: ask the host which, so we avoid exactly those."""
+        """A launch found GPUs (or every CPU slot) claimed that we thought free: ask the host which, so we avoid
+        exactly those until their holders end."""
         try:
             self._apply_inventory(host, self.request(host, "inventory"))
         except (AgentError, HostUnavailable, RequestTimeout):

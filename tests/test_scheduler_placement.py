@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -187,6 +188,25 @@ def test_a_claim_race_is_retried_on_another_gpu(run):
                       in TERMINAL), 30, "the intruder to end")
     [after] = arc.submit([gates.spec("after")])
     assert wait_for(lambda: running(arc, [after]), 60, "a job on the freed GPU")[after]["gpu_indices"] == [0]
+
+
+def test_cpu_slots_held_outside_this_history_make_a_cpu_job_wait_not_fail(run):
+    fleet, arc, gates = run
+    h3 = fleet.host("h3")
+    for name in ("cpu-intruder-0", "cpu-intruder-1"):             # both of h3's CPU slots, behind the daemon's back
+        intruder = subprocess.run(
+            ["ip", "netns", "exec", h3.ns, sys.executable, "-m", "gpu_agent", "--workdir", str(h3.workdir), "launch",
+             "--job-id", name, "--time-limit", "120", "--", *gates.spec(name)["command"]],
+            cwd=REPO, capture_output=True, text=True)
+        assert intruder.returncode == 0, intruder.stdout + intruder.stderr
+    [job] = arc.submit([gates.spec("cpu-waiter", requirements={"cpu_only": True})])
+    wait_for(lambda: arc.jobs([job])[job]["attempts"] == 1, 30, "the launch to meet the held slots")
+    time.sleep(2)                                    # many dispatch rounds: it must wait, not burn its attempts
+    detail = arc.jobs([job])[job]
+    assert (detail["status"], detail["attempts"]) == ("queued", 1), detail
+    gates.open("cpu-intruder-1")                     # one slot frees: the job takes it
+    detail = wait_for(lambda: running(arc, [job]), 60, "the CPU job to run once a slot frees")[job]
+    assert detail["host"] == "h3" and detail["gpu_class"] == "cpu"
 
 
 def test_a_job_that_fails_by_itself_is_never_retried(run):
