@@ -314,6 +314,9 @@ def cmd_daemon(args) -> int:
 
     paths = _paths(args)
     client = DaemonClient(paths)
+    if args.action == "restart":        # e.g. after editing hosts.yaml: running jobs are kept and reconciled
+        client.stop()
+        args.action = "start"
     if args.action == "start":
         if args.foreground:
             from .daemon import serve
@@ -387,11 +390,15 @@ def cmd_data_prepare(args) -> int:
 
 def cmd_mcp(args) -> int:
     from .bridge import run
+    from .daemon_client import DaemonError
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     hosts = hosts_file(args.hosts)
     _check_hosts_file(hosts)
-    run(_paths(args), hosts, _research_file(args))
+    try:
+        run(_paths(args), hosts, _research_file(args))
+    except DaemonError as e:           # the daemon cannot start: say why instead of a traceback
+        raise CliError(str(e)) from None
     return 0
 
 
@@ -664,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(fn=cmd_sql)
 
-    d = sub.add_parser("daemon", help="the controller daemon: start | stop | status")
-    d.add_argument("action", choices=["start", "stop", "status"])
+    d = sub.add_parser("daemon", help="the controller daemon: start | stop | restart (after editing hosts.yaml) | "
+                                      "status")
+    d.add_argument("action", choices=["start", "stop", "restart", "status"])
     d.add_argument("--foreground", action="store_true", help="run in this process (what the background start runs)")
     d.add_argument("--port", type=int, help="loopback HTTP port for MCP (default: the last one, else a free one)")
     d.add_argument("--lost-after", type=_positive_seconds, metavar="S",

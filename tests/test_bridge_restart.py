@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from contextlib import asynccontextmanager
 
 import anyio
@@ -86,3 +87,14 @@ async def test_the_bridge_outlives_its_daemon(tmp_path, local_hosts_yaml):
             assert jobs["total"] == 1, jobs                  # the frozen daemon never recorded it; the first job kept
     finally:
         daemon.stop()
+
+
+def test_a_daemon_that_cannot_start_is_reported_with_its_reason(tmp_path, local_hosts_yaml):
+    state = StatePaths.resolve(tmp_path / "state").ensure()
+    state.history.write_text("not a DuckDB file\n")                   # the daemon cannot open its history
+    env = {**os.environ, "ARC_HOSTS": str(local_hosts_yaml), "ARC_STATE_DIR": str(state.root)}
+    proc = subprocess.run([shutil.which("arc"), "mcp"], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stdout == ""                  # stdout is the protocol's alone
+    assert proc.stderr.startswith("arc: the daemon exited at start"), proc.stderr
+    assert str(state.history) in proc.stderr, proc.stderr                   # the log's tail names what failed

@@ -32,6 +32,10 @@ def test_a_clean_shutdown_closes_everything(netns_hosts, arcs, tmp_path):
     arc.start()
     [job] = arc.submit([metric_job(1)])
     arc.wait([job])
+    first = arc.pid
+    restarted = arc.cli_json("daemon", "restart")                # what a person runs after editing hosts.yaml
+    assert restarted["pid"] not in (None, first) and arc.pid == restarted["pid"]
+    assert "arc.daemon: daemon stopping" in arc.log()
     assert arc.cli("daemon", "stop").stdout.strip() == "daemon stopped"
     assert not lock_is_held(arc.paths)
     assert not arc.paths.daemon_socket.exists() and not arc.paths.daemon_info.exists()
