@@ -168,7 +168,7 @@ class Relay:
         again = []
         for request in self.in_flight.values():
             if request.method == "tools/call" and (request.params or {}).get("name") not in self.read_only:
-                await self._refuse(SessionMessage(request), f"{reason} during this call; it has been started again "
+                await self._refuse(SessionMessage(request), f"{reason} during this call; the next call starts it again "
                                    "and every recorded job and result is kept. Call the tool again; if it was a "
                                    "submission (submit_jobs, rerun_job, measure_noise), check list_jobs first: it "
                                    "may have been recorded")
