@@ -175,7 +175,8 @@ def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = 
     sock_path = socket_path(paths)
     unix = _bind_unix(sock_path)
     tcp = _bind_tcp(port if port is not None else int(previous.get("port") or 0))
-    service = Service(paths, hosts, settings, research=research, research_file=Path(research_path).resolve())
+    service = Service(paths, hosts, settings, research=research, research_file=Path(research_path).resolve(),
+                      hosts_file=Path(hosts_path).resolve())
     app = build_app(service, token)
     info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,
             "hosts_file": str(Path(hosts_path).resolve()), "research_file": str(Path(research_path).resolve()),

@@ -26,6 +26,7 @@ from .models import (
     JobSpec, JobView, LogTail, Requirements, SqlResult, SubmitResult, SubmittedJob, WaitResult, check_job_id,
 )
 from .models import Digest, HistorySchema, HypothesisList, HypothesisResult, Leaderboard, Plot, Suggestions
+from .file_stamp import FileStamp
 from .paths import StatePaths
 from .research import (
     NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, JobDiff, NoiseFloor, ResearchConfig,
@@ -68,12 +69,15 @@ class Service:
 
     def __init__(self, paths: StatePaths, hosts: HostsFile | None, settings: SchedulerSettings | None = None,
                  read_only: bool = False, research: ResearchConfig | None = None,
-                 research_file: Path | None = None):
+                 research_file: Path | None = None, hosts_file: Path | None = None):
         self.paths = paths.ensure()
         self.hosts = hosts
         self.read_only = read_only
         self.research = research or ResearchConfig()
         self.research_file = research_file      # what reload_research reads again
+        # The files as the daemon read them, to say when they have been edited since (None: not from a file).
+        self.hosts_stamp = FileStamp(hosts_file) if hosts_file is not None else None
+        self.research_stamp = FileStamp(research_file) if research_file is not None else None
         self.primary_metric = self.research.metric.name
         self.history = History(paths.history, read_only=read_only)
         self.code = CodeStore(paths.snapshots_dir)
@@ -184,6 +188,9 @@ class Service:
         cpu_free = sum(v.cpu_slots - v.cpu_slots_used for v in views if v.reachable)
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
+        if self.hosts_stamp is not None and self.hosts_stamp.changed():
+            summary += (f"; {self.hosts_stamp.path} has changed since the daemon started: a person runs "
+                        "`arc daemon restart` to apply it")
         return GpuList(summary=summary, hosts=views, next="submit_jobs" if n_free or cpu_free else "wait_for_jobs")
 
     # ---- submission -------------------------------------------------------------------------------------
@@ -454,7 +461,11 @@ class Service:
     def research_status(self) -> GuardStatus:
         """Budget used and left, experiments to the next checkpoint, whether dispatch is paused and what a person
         runs to go on, and the last approval's note."""
-        return self._guardrails().status()
+        status = self._guardrails().status()
+        if self.research_stamp is not None and self.research_stamp.changed():
+            status.summary += (f"; {self.research_stamp.path} has changed since it was loaded: a person runs "
+                               "`arc research reload` to apply it")
+        return status
 
     def reload_research(self) -> GuardStatus:
         """Read research.yaml again (a person raised a budget or max_gpus, widened the space): the new rules hold
@@ -463,6 +474,7 @@ class Service:
         guard = self._guardrails()
         if self.research_file is None:
             raise ArcError("this daemon was started without a research file to reload")
+        stamp = FileStamp(self.research_file)        # before reading: an edit during the load shows as a change
         try:
             cfg = load_research(self.research_file)
         except ResearchConfigError as e:
@@ -476,7 +488,7 @@ class Service:
             guard.use(cfg)
         except ResearchConfigError as e:
             raise ArcError(f"{e}; the rules in force are unchanged") from None
-        self.research = cfg
+        self.research, self.research_stamp = cfg, stamp
         self.history.add_event("research_reloaded", f"rules reloaded from {self.research_file}")
         guard.allowance()        # a lifted hold lifts now (and says so in the events), not at the next round
         self.scheduler.wake()

@@ -68,7 +68,7 @@ def test_a_checkpoint_holds_dispatch_until_arc_approve(tmp_path, local_hosts_yam
         arc.stop()
 
 
-def test_a_person_raises_a_limit_by_editing_research_yaml_and_reloading(tmp_path, local_hosts_yaml):
+def test_a_person_edits_research_yaml_or_hosts_yaml_and_applies_it(tmp_path, local_hosts_yaml):
     rules = local_hosts_yaml.parent / "research.yaml"
     arc = campaign(tmp_path, local_hosts_yaml, SPACE + "max_gpus: 1\n")
     try:
@@ -83,7 +83,10 @@ def test_a_person_raises_a_limit_by_editing_research_yaml_and_reloading(tmp_path
         rules.write_text(SPACE + "max_gpus: 2\nmetric: {name: loss, direction: minimize}\n")
         renamed = arc.cli("research", "reload", check=False)
         assert renamed.returncode != 0 and "metric changed from val_bpb (minimize) to loss" in renamed.stderr
-        assert arc.cli_json("research", "status")["max_gpus"] == 1
+        status = arc.cli_json("research", "status")
+        assert status["max_gpus"] == 1
+        assert f"{rules.resolve()} has changed since it was loaded: a person runs `arc research reload`" \
+            in status["summary"]
 
         rules.write_text(SPACE + "max_gpus: 2\n")
         reloaded = arc.cli_json("research", "reload")
@@ -92,6 +95,14 @@ def test_a_person_raises_a_limit_by_editing_research_yaml_and_reloading(tmp_path
         assert arc.wait([job])[job]["status"] == "succeeded"
         reloads = arc.sql("SELECT reason FROM events WHERE kind = 'research_reloaded'")
         assert reloads == [[f"rules reloaded from {rules.resolve()}"]], reloads
+        assert "has changed" not in arc.cli_json("research", "status")["summary"]
+
+        assert "has changed" not in arc.cli_json("gpus")["summary"]
+        local_hosts_yaml.write_text(local_hosts_yaml.read_text() + "# a host will go here\n")
+        assert f"{local_hosts_yaml.resolve()} has changed since the daemon started: a person runs " \
+               "`arc daemon restart`" in arc.cli_json("gpus")["summary"]
+        arc.cli("daemon", "restart")
+        assert "has changed" not in arc.cli_json("gpus")["summary"]
     finally:
         arc.stop()
 
