@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from rich.console import Console
 
 from mcp_server.code_store import IGNORED, trainer_source
-from mcp_server.demo import prepare_data
+from mcp_server.demo import prepare_data, summary
 from mcp_server.hosts_config import load_hosts
 from mcp_server.paths import StatePaths
 from mcp_server.research import parse_research
@@ -100,13 +100,7 @@ async def run(client, *specs, tool: str = "submit_jobs", **args) -> list[dict]:
 def summary_of(result: CallToolResult) -> str:
     """What the model reads first: the structured summary, a JSON header's, or a plot's summary line."""
     assert not result.is_error, error_text(result)
-    if result.structured_content is not None:
-        return result.structured_content["summary"]
-    first = next(b.text for b in result.content if isinstance(b, TextContent))
-    try:
-        return json.loads(first)["summary"]
-    except ValueError:
-        return first
+    return summary(result)
 
 
 def trainer_copy(root: Path, edit) -> Path:
