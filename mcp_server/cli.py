@@ -352,7 +352,8 @@ def cmd_daemon(args) -> int:
     info = client.info() if client.running() else {}
     emit(args, {"running": bool(info), **info},
          lambda c, d: c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp, "
-                              f"log {d.get('log', paths.daemon_log)}" if d["running"] else f"no daemon runs for {paths.root}"))
+                              f"log {d.get('log', paths.daemon_log)}" if d["running"]
+                              else f"no daemon runs for {paths.root}"))
     return 0
 
 

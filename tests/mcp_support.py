@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from mcp.types import CallToolResult, ImageContent, TextContent
@@ -21,6 +22,16 @@ def metric_job(value: float, steps: int = 5, sleep_s: float = 0.0, **extra: Any)
 def sleeper(seconds: float = 60.0, **extra: Any) -> dict[str, Any]:
     return {"command": [sys.executable, "-c", f"import time; print('sleeping', flush=True); time.sleep({seconds})"],
             **extra}
+
+
+def started(service):
+    """`service` started, once its first host has connected (sessions connect in the background)."""
+    service.start()
+    deadline = time.monotonic() + 60
+    while not service.list_gpus().hosts[0].reachable:
+        assert time.monotonic() < deadline, service.list_gpus().summary
+        time.sleep(0.2)
+    return service
 
 
 def data(result: CallToolResult) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from mcp_server.research.space import config_problems
 from mcp_server.service import Service
 from mcp_server.tools import build_server
 from tests.harness import local_host_entry, write_hosts_yaml
-from tests.mcp_support import data, error_text, metric_job
+from tests.mcp_support import data, error_text, metric_job, started
 
 pytestmark = pytest.mark.anyio
 
@@ -56,13 +56,7 @@ def start_service(root: Path, rules: dict) -> Service:
                                                                     cpu_slots=2)])
     paths = StatePaths.resolve(root / "state").ensure()
     prepare_data(paths, Console(quiet=True), TINY_DATA)
-    service = Service(paths, load_hosts(hosts), research=parse_research(rules))
-    service.start()
-    deadline = time.monotonic() + 60
-    while not service.list_gpus().hosts[0].reachable:      # the host session connects in the background
-        assert time.monotonic() < deadline, service.list_gpus().summary
-        time.sleep(0.2)
-    return service
+    return started(Service(paths, load_hosts(hosts), research=parse_research(rules)))
 
 
 @pytest.fixture(scope="module")
@@ -323,9 +317,9 @@ async def test_every_answer_says_paused_at_a_checkpoint_and_shows_the_approval_n
             assert status["summary"].count("PAUSED") == 1 and status["resume"].startswith("a person runs")
             assert data(await client.call_tool("job_status", {"job_ids": [second]}))["jobs"][0]["status"] == "queued"
             # Waiting on work held for a person returns at once, saying so, instead of sitting out the timeout.
-            started = time.monotonic()
+            began = time.monotonic()
             waited = data(await client.call_tool("wait_for_jobs", {"job_ids": [second], "timeout_s": 60}))
-            assert time.monotonic() - started < 10 and waited["pending"] == [second]
+            assert time.monotonic() - began < 10 and waited["pending"] == [second]
             assert waited["held"].startswith("paused for review") and not waited["timed_out"]
             assert waited["next"] == "research_status"
 

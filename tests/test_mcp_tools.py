@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from mcp_server.paths import StatePaths
 from mcp_server.service import Service
 from mcp_server.tools import build_server
 from tests.harness import local_host_entry, write_hosts_yaml
-from tests.mcp_support import data, error_text, image, log_parts, metric_job, sleeper
+from tests.mcp_support import data, error_text, image, log_parts, metric_job, sleeper, started
 
 pytestmark = pytest.mark.anyio
 
@@ -39,12 +38,7 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools")
     hosts = write_hosts_yaml(root / "hosts.yaml", [local_host_entry(
         root / "work", simulate_gpus=[{"model": "H100", "memory_gb": 80}] * 2, cpu_slots=2)])
-    svc = Service(StatePaths.resolve(root / "state"), load_hosts(hosts))
-    svc.start()
-    deadline = time.monotonic() + 60
-    while not svc.list_gpus().hosts[0].reachable:      # the host session connects in the background
-        assert time.monotonic() < deadline, svc.list_gpus().summary
-        time.sleep(0.2)
+    svc = started(Service(StatePaths.resolve(root / "state"), load_hosts(hosts)))
     yield svc
     svc.close()
 
