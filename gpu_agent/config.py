@@ -1,6 +1,10 @@
 """The host's configuration: <workdir>/agent.json, written by the controller's bootstrap.
 
-{"gpus": "all" | [indices], "simulate_gpus": [{"model": str, "memory_gb": number}, ...] | null, "cpu_slots": N | null}
+{"gpus": "all" | [indices], "simulate_gpus": [{"model": str, "memory_gb": number}, ...] | null, "cpu_slots": N | null,
+ "preload": [module, ...] | null}
+
+preload: the modules a warm start imports ahead of a Python job (warm.py); null is torch's stack on hosts with real
+GPUs and nothing elsewhere, [] turns warm starts off.
 
 Every key is optional; unknown keys are refused. Simulated GPUs exist only when listed here: there is no fallback.
 """
@@ -8,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "agent.json"
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class ConfigError(ValueError):
@@ -30,6 +36,7 @@ class HostConfig:
     gpus: tuple[int, ...] | None = None          # None: all GPUs NVML sees
     simulate_gpus: tuple[SimulatedGpu, ...] | None = None
     cpu_slots: int = max(1, (os.cpu_count() or 2) // 2)
+    preload: tuple[str, ...] | None = None       # None: the default for the host (warm.preload_modules)
 
 
 def load_config(workdir: Path) -> HostConfig:
@@ -46,14 +53,16 @@ def load_config(workdir: Path) -> HostConfig:
 def parse_config(raw: Any, where: str = CONFIG_FILE) -> HostConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    unknown = set(raw) - {"gpus", "simulate_gpus", "cpu_slots"}
+    unknown = set(raw) - {"gpus", "simulate_gpus", "cpu_slots", "preload"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: gpus, simulate_gpus, cpu_slots")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: gpus, simulate_gpus, cpu_slots, "
+                          "preload")
     default = HostConfig()
     return HostConfig(
         gpus=_gpus(raw.get("gpus", "all"), where),
         simulate_gpus=_simulated(raw.get("simulate_gpus"), where),
         cpu_slots=_cpu_slots(raw.get("cpu_slots"), default.cpu_slots, where),
+        preload=_preload(raw.get("preload"), where),
     )
 
 
@@ -89,3 +98,12 @@ def _cpu_slots(value: Any, default: int, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ConfigError(f'{where}: "cpu_slots" must be null or an integer >= 0, got {value!r}')
+
+
+def _preload(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(m, str) and MODULE_NAME.fullmatch(m) for m in value):
+        return tuple(value)
+    raise ConfigError(f'{where}: "preload" must be null or a list of module names like "torch._dynamo", '
+                      f"got {value!r}")

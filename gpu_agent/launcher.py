@@ -5,6 +5,11 @@ latency is what the scheduler's dispatch gap is made of. The serve loop goes fur
 forked ahead, already detached and waiting for a plan, so a launch costs a pipe write instead of a fork. fork()
 must come from a single-threaded process, which the agent's CLI and serve loop are.
 
+Where the host preloads modules (warm.py), the serve loop also keeps warm spares: after a Python job's launch, one
+whose child is that job's interpreter and environment with the preload imported, ready for the next job with the
+same key. There is at most one per GPU set (CUDA_VISIBLE_DEVICES), the newest key winning, so their count stays
+within the host's GPUs (plus one for CPU jobs).
+
 A launch is idempotent on its token: a job directory holding the same token is returned as it is, never started
 twice; the same job id with another token is refused.
 """
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import supervisor
+from . import supervisor, warm
 from .claims import Claims, gpu_resource
 from .errors import AgentError
 from .inventory import Gpus
@@ -48,11 +53,28 @@ class Launcher:
     def __init__(self, workdir: Path, store: JobStore, claims: Claims, gpus: Gpus) -> None:
         self.workdir, self.store, self.claims, self.gpus = workdir, store, claims, gpus
         self._spare: _Spare | None = None
+        self._preload: tuple[str, ...] | None = None
+        self._warm_wanted: dict[str, supervisor.WarmStart] = {}     # by GPU set: the key of its latest launch
+        self._warm: dict[str, tuple[warm.Key, _Spare]] = {}         # by GPU set: the warm spare ready for it
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        if self._preload is None:
+            real = self.gpus.source == "nvml" and bool(self.gpus.devices())
+            self._preload = warm.preload_modules(self.gpus.config.preload, real)
+        return self._preload
 
     def prepare(self) -> None:
-        """Fork the next supervisor now, while nothing waits on this process (the serve loop calls this)."""
+        """Fork the next supervisors now, while nothing waits on this process (the serve loop calls this)."""
         if self._spare is None:
             self._spare = self._fork()
+        for gpu_set, start in self._warm_wanted.items():
+            ready = self._warm.get(gpu_set)
+            if ready is not None and ready[0] == start.key:
+                continue
+            if ready is not None:
+                _retire(ready[1])
+            self._warm[gpu_set] = (start.key, self._fork(start))
 
     def launch(self, p: dict[str, Any]) -> tuple[JobState, Watch | None]:
         """`p` holds validated LaunchParams. Returns the job's state and, for a new job, the supervisor to watch."""
@@ -60,8 +82,22 @@ class Launcher:
         existing = _existing(self.store, job_id, p["launch_token"])
         if existing is not None:
             return existing, None
-        plan = json.dumps(dataclasses.asdict(_plan(self.workdir, self.gpus, p))).encode()
-        spare, self._spare = self._spare or self._fork(), None
+        job_plan = _plan(self.workdir, self.gpus, p)
+        plan = json.dumps(dataclasses.asdict(job_plan)).encode()
+        key = warm.key(job_plan.argv, job_plan.env) if self.preload else None
+        ready = self._warm.get(key.gpus) if key is not None else None
+        if ready is not None and ready[0] == key:
+            spare = self._warm.pop(key.gpus)[1]
+        else:
+            spare, self._spare = self._spare or self._fork(), None
+        if key is not None:
+            self._warm_wanted.pop(key.gpus, None)       # re-inserted last: the newest GPU set is kept longest
+            self._warm_wanted[key.gpus] = supervisor.WarmStart(key, job_plan.env, self.preload)
+            while len(self._warm_wanted) > len(self.gpus.devices()) + 1:
+                dropped = next(iter(self._warm_wanted))
+                del self._warm_wanted[dropped]
+                if dropped in self._warm:
+                    _retire(self._warm.pop(dropped)[1])
         answer = self._hand_over(spare, plan, job_id)
         if answer is None:      # that spare was dead (killed while waiting) and did nothing: a fresh one will do
             spare = self._fork()
@@ -98,7 +134,7 @@ class Launcher:
                                                           "claims are stale (see the claims op)"}, b""
         return None
 
-    def _fork(self) -> _Spare:
+    def _fork(self, warm_start: supervisor.WarmStart | None = None) -> _Spare:
         plan_r, plan_w = os.pipe()
         events_r, events_w = os.pipe()
         try:
@@ -112,12 +148,18 @@ class Launcher:
             try:
                 os.close(plan_w)
                 os.close(events_r)
-                status = supervisor.main(self.store, self.claims, plan_r, events_w)
+                status = supervisor.main(self.store, self.claims, plan_r, events_w, warm_start)
             finally:
                 os._exit(status)
         os.close(plan_r)
         os.close(events_w)
         return _Spare(pid, plan_w, events_r)
+
+
+def _retire(spare: _Spare) -> None:
+    """A spare no longer wanted: without a plan it kills its warm child and exits (the serve loop reaps it)."""
+    os.close(spare.plan_fd)
+    os.close(spare.events_fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from . import procs
+from . import procs, warm
 from .claims import ClaimConflict, Claims
 from .jobstore import JobStore
 from .metrics import MetricsParser
@@ -92,25 +92,44 @@ class Signals:
             pass
 
 
-def main(store: JobStore, claims: Claims, plan_fd: int, events_fd: int) -> int:
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm spare starts ahead of its plan: the interpreter and environment of its key, and the imports."""
+    key: warm.Key
+    env: dict[str, str]
+    preload: tuple[str, ...]
+
+
+def main(store: JobStore, claims: Claims, plan_fd: int, events_fd: int, warm_start: WarmStart | None = None) -> int:
     """Entry point in the forked child; returns the process exit status."""
     detach((plan_fd, events_fd))
     signals = Signals()
     procs.become_subreaper()
     procs.set_name("arc-spare")
-    plan = _read_plan(plan_fd)
-    if plan is None:
-        return 0        # the launcher went away (a spare of a serve process that exited)
-    procs.set_name(f"arc-{plan.job_id}")
-    sup = Supervisor(plan, store, claims, events_fd, signals)
+    child, child_error = None, None
+    if warm_start is not None:
+        try:
+            child = warm.WarmChild(warm_start.key, warm_start.env, warm_start.preload)
+        except OSError as e:
+            child_error = f"cannot start the warm interpreter: {e.strerror or e}"
     try:
-        if not sup.claim():
-            return 0
-    except Exception as e:  # noqa: BLE001 - the launcher must hear why, not see a bare EOF
-        claims.rollback(sup.resources)
-        sup.tell({"error": "launch_failed", "message": f"{type(e).__name__}: {e}"})
-        return 1
-    return sup.run()
+        plan = _read_plan(plan_fd)
+        if plan is None:
+            return 0        # the launcher went away (a spare of a serve process that exited), or retired it
+        procs.set_name(f"arc-{plan.job_id}")
+        sup = Supervisor(plan, store, claims, events_fd, signals)
+        try:
+            if not sup.claim():
+                return 0
+        except Exception as e:  # noqa: BLE001 - the launcher must hear why, not see a bare EOF
+            claims.rollback(sup.resources)
+            sup.tell({"error": "launch_failed", "message": f"{type(e).__name__}: {e}"})
+            return 1
+        sup.warm, sup.warm_error, child = child, child_error, None
+        return sup.run()
+    finally:
+        if child is not None:
+            child.kill()
 
 
 def _read_plan(fd: int) -> JobPlan | None:
@@ -144,6 +163,9 @@ class Supervisor:
         self.now = time.time()                  # host time of the output being parsed
         self.next_beat = 0.0
         self.parser = MetricsParser(self._record)
+        self.warm: warm.WarmChild | None = None     # the job's interpreter, started ahead with the preload imports
+        self.warm_error: str | None = None
+        self.warm_job: warm.WarmChild | None = None     # that interpreter, once it took the job
 
     # ---- launch handshake -------------------------------------------------------------------------------------
 
@@ -210,21 +232,25 @@ class Supervisor:
         if self.signals.cancel_requested:
             self.stop_status, self.stop_reason = "cancelled", "cancelled before start"
             return False
-        out_r, out_w = os.pipe()
-        try:
-            fcntl.fcntl(out_r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)   # fewer wakeups for chatty jobs
-        except OSError:
-            pass        # above /proc/sys/fs/pipe-max-size: the default pipe works too
-        try:
-            pid = _spawn(plan, out_w)
-        except OSError as e:
-            os.close(out_r)
+        started_warm = self._start_warm()
+        if started_warm is not None:
+            pid, out_r = started_warm
+        else:
+            out_r, out_w = os.pipe()
+            try:
+                fcntl.fcntl(out_r, fcntl.F_SETPIPE_SZ, PIPE_BYTES)   # fewer wakeups for chatty jobs
+            except OSError:
+                pass        # above /proc/sys/fs/pipe-max-size: the default pipe works too
+            try:
+                pid = _spawn(plan, out_w)
+            except OSError as e:
+                os.close(out_r)
+                os.close(out_w)
+                self.stop_status, self.stop_reason = "failed", f"cannot start {plan.argv[0]!r}: {e.strerror or e}"
+                return False
             os.close(out_w)
-            self.stop_status, self.stop_reason = "failed", f"cannot start {plan.argv[0]!r}: {e.strerror or e}"
-            return False
         started = time.time()
         self.started_mono = time.monotonic()
-        os.close(out_w)
         os.set_blocking(out_r, False)
         self.out_fd = out_r
         self.pid = pid
@@ -233,6 +259,23 @@ class Supervisor:
         self._heartbeat()
         self.tell({"started": self.state})
         return True
+
+    def _start_warm(self) -> tuple[int, int] | None:
+        """Hand the job to the warm interpreter: its pid and output pipe, or None to start it the ordinary way."""
+        child, self.warm = self.warm, None
+        why = self.warm_error
+        if child is not None:
+            if child.key != warm.key(self.plan.argv, self.plan.env):
+                child.kill()        # the launcher matches keys: this is a safety net, not a path
+                why = "its interpreter or environment differs from the job's"
+            else:
+                why = child.hand_over(self.plan.argv, self.plan.cwd, self.plan.env)
+                if why is None:
+                    self.warm_job = child
+                    return child.pid, child.out_r
+        if why is not None:
+            self._note(f"warm start failed, started the ordinary way: {why}")
+        return None
 
     def _watch(self) -> None:
         """Until the job's leader exits: copy output, parse metrics, heartbeat, time limit, cancel."""
@@ -334,6 +377,11 @@ class Supervisor:
     # ---- the end ----------------------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.warm is not None:      # the job never started (cancelled first): its interpreter goes too
+            self.warm.kill()
+            self.warm = None
+        if self.warm_job is not None and self.exit_status is not None:
+            self._note(self.warm_job.outcome())
         code = None if self.exit_status is None else os.waitstatus_to_exitcode(self.exit_status)
         if self.stop_status is not None:
             status, reason = self.stop_status, self.stop_reason

@@ -26,17 +26,18 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import paramiko
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_WORKDIR = "~/.arc"
 DEFAULT_REMOTE_PYTHON = "python3"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODULE_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 TOP_LEVEL_KEYS = ("hosts", "defaults", "ssh_config")
 SSH_ONLY_FIELDS = ("address", "port", "user", "identity_file", "proxy_jump", "known_hosts", "host_key_policy")
 
@@ -57,6 +58,8 @@ FIELD_RULES: dict[str, tuple[str, str]] = {
     "labels": ("must be a list of strings", "labels: [h100, fast]"),
     "cost_per_gpu_hour": ("must be a number >= 0", "cost_per_gpu_hour: 2.5"),
     "cpu_slots": ("must be an integer >= 0", "cpu_slots: 4"),
+    "preload": ("must be a list of Python module names to import ahead of each Python job ([] turns it off)",
+                "preload: [torch, torch._dynamo, torch._inductor.compile_fx]"),
     "simulate_gpus": ("must be a list of {model, memory_gb} (test-only: declares simulated GPUs)",
                       "simulate_gpus: [{model: H100, memory_gb: 80}]"),
     "model": ("must be a GPU model name", "model: H100"),
@@ -99,6 +102,7 @@ class HostFields(BaseModel):
     labels: list[str] | None = None
     cost_per_gpu_hour: float | None = Field(default=None, ge=0)
     cpu_slots: int | None = Field(default=None, ge=0, strict=True)
+    preload: list[Annotated[str, StringConstraints(pattern=MODULE_PATTERN)]] | None = None
     simulate_gpus: list[SimulatedGpu] | None = None
 
     @field_validator("identity_file", mode="before")
@@ -140,6 +144,7 @@ class HostConfig(BaseModel):
     labels: tuple[str, ...] = ()
     cost_per_gpu_hour: float = 0.0
     cpu_slots: int | None = None
+    preload: tuple[str, ...] | None = None     # None: the agent's default (torch's stack where GPUs are real)
     simulate_gpus: tuple[SimulatedGpu, ...] | None = None
 
     def agent_config(self) -> dict[str, Any]:
@@ -148,6 +153,7 @@ class HostConfig(BaseModel):
             "gpus": self.gpus if self.gpus == "all" else list(self.gpus),
             "simulate_gpus": None if self.simulate_gpus is None else [g.model_dump() for g in self.simulate_gpus],
             "cpu_slots": self.cpu_slots,
+            "preload": None if self.preload is None else list(self.preload),
         }
 
 
@@ -365,6 +371,7 @@ class _Loader:
         return dict(gpus="all" if entry.gpus in (None, "all") else tuple(entry.gpus),
                     labels=tuple(entry.labels or ()), cost_per_gpu_hour=entry.cost_per_gpu_hour or 0.0,
                     cpu_slots=entry.cpu_slots,
+                    preload=None if entry.preload is None else tuple(entry.preload),
                     simulate_gpus=None if entry.simulate_gpus is None else tuple(entry.simulate_gpus))
 
     def _path(self, p: str | os.PathLike) -> Path:

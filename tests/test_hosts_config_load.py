@@ -48,7 +48,7 @@ defaults:
 hosts:
   - {name: a, address: 10.0.0.1}
   - {name: b, address: 10.0.0.2, port: 22, labels: [fast], gpus: [0, 2], cost_per_gpu_hour: 2.5}
-  - {name: here, transport: local, cpu_slots: 3, simulate_gpus: [{model: H100, memory_gb: 80}]}
+  - {name: here, transport: local, cpu_slots: 3, simulate_gpus: [{model: H100, memory_gb: 80}], preload: [json]}
 """), ssh_config_path=no_ssh_config(tmp_path))
     a, b, here = hf.get("a"), hf.get("b"), hf.get("here")
     assert (a.user, a.port, a.labels, a.identity_file) == ("ubuntu", 2222, ("fleet",), (str(tmp_path / "keys/id"),))
@@ -58,7 +58,8 @@ hosts:
     # ssh-only defaults do not leak into a local host, and its agent config is what the agent reads
     assert here.user is None and here.port == 22
     assert here.agent_config() == {"gpus": "all", "simulate_gpus": [{"model": "H100", "memory_gb": 80.0}],
-                                   "cpu_slots": 3}
+                                   "cpu_slots": 3, "preload": ["json"]}
+    assert a.agent_config()["preload"] is None          # the agent's own default
 
 
 def test_ssh_config_fills_what_the_file_leaves_out(tmp_path):
@@ -125,6 +126,10 @@ hosts:
       "fix: gpus: all",
       "hosts.yaml:5: host 'a' field 'cpu_slots': must be an integer >= 0 (got -1); fix: cpu_slots: 4",
       "hosts.yaml:6: host 'a' field 'labels[1]': must be a list of strings (got 3); fix: labels: [h100, fast]"]),
+    ("hosts:\n  - name: a\n    transport: local\n    preload: [torch, torch-compile]\n",
+     ["hosts.yaml:4: host 'a' field 'preload[1]': must be a list of Python module names to import ahead of each "
+      "Python job ([] turns it off) (got 'torch-compile'); fix: preload: [torch, torch._dynamo, "
+      "torch._inductor.compile_fx]"]),
     ("hosts:\n  - name: a\n    transport: local\n    simulate_gpus: [{model: H100, memory_gb: 0}]\n",
      ["hosts.yaml:4: host 'a' field 'simulate_gpus[0].memory_gb': must be a number > 0 (got 0); fix: memory_gb: 80"]),
     ("hosts:\n  - name: a\n    transport: local\n    address: 10.0.0.1\n",

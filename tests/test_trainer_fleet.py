@@ -2,6 +2,9 @@
 val_bpb and curve in the DuckDB history (issue 3's end-to-end test)."""
 from __future__ import annotations
 
+import json
+import time
+
 from mcp_server.datasets import prepare_dataset
 
 SMALL_DATA = ["--max-bytes", "400000", "--vocab-size", "512"]
@@ -31,3 +34,29 @@ def test_trainer_job_on_an_ssh_host_lands_its_val_bpb_in_duckdb(tmp_path, netns_
     # The dataset lives on the host under its content hash, pushed once.
     workdir = netns_hosts.host("h2").workdir
     assert (workdir / "data" / data_hash).is_dir()
+
+
+def test_the_next_trainer_job_on_a_host_starts_warm_and_trains_the_same(tmp_path, netns_hosts, arcs):
+    """hosts.yaml's preload reaches the host's agent; the second job starts in the interpreter it kept ready."""
+    hosts_yaml = netns_hosts.write_hosts_yaml(tmp_path / "hosts.yaml",
+                                              [netns_hosts.host_entry("h2", preload=["torch"])])
+    arc = arcs(tmp_path / "state", hosts_yaml)
+    prepare_dataset(arc.paths.ensure(), SMALL_DATA)
+    started = time.time()
+    arc.start()
+    spec = {"preset": "cpu-tiny", "config": {"max_steps": 6, "log_every": 3}, "seed": 5}
+    jobs = []
+    for _ in range(2):
+        [job] = arc.submit([spec])
+        assert arc.wait([job], timeout=240)[job]["status"] == "succeeded", arc.cli("logs", job, "-n", "30").stdout
+        jobs.append(job)
+    [first, second] = [arc.sql(f"SELECT val_bpb FROM runs WHERE job_id = '{job}'")[0][0] for job in jobs]
+    assert first == second                  # the same seed and settings: the same val_bpb, warm or not
+    notes = {}     # by our job id, for this test's jobs (the host's workdir also holds other tests' jobs)
+    for jobdir in (netns_hosts.host("h2").workdir / "jobs").iterdir():
+        spec_json = json.loads((jobdir / "spec.json").read_text())
+        if spec_json["created_at"] >= started:
+            log = jobdir / "supervisor.log"
+            notes[spec_json["env"]["ARC_HISTORY_JOB_ID"]] = log.read_text() if log.exists() else ""
+    assert notes.keys() == set(jobs)
+    assert "warm" not in notes[jobs[0]] and "started warm: torch imported ahead" in notes[jobs[1]]

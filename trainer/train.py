@@ -43,30 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-T_START = time.time()  # total_seconds counts from here: importing torch and start-up are overhead too
+# total_seconds counts from here: importing torch and start-up are overhead too (a warm start imported torch ahead)
+T_START = time.time()
+os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")   # read when CUDA first allocates
 
-
-def use_compile_cache() -> str | None:
-    """Point inductor's, the FX-graph/autograd caches' and Triton's folders into $ARC_CACHE_DIR/torch-<version>/.
-    This must run before torch is imported: some of these settings are read once, at import."""
-    root = os.environ.get("ARC_CACHE_DIR")
-    if not root:
-        return None
-    from importlib.metadata import version
-    folder = os.path.join(root, f"torch-{version('torch')}")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
-    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
-    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
-    return folder
-
-
-COMPILE_CACHE = use_compile_cache()
-os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
-
-# torch comes after the settings above, hence the late imports
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402
+import torch._inductor.config  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
@@ -74,6 +58,24 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from trainer import gpu_specs  # noqa: E402
 from trainer.config import PRESETS, Config, ConfigError, resolve_config  # noqa: E402
+
+
+def use_compile_cache() -> str | None:
+    """Put inductor's and Triton's caches in $ARC_CACHE_DIR/torch-<version>/, with the FX-graph and autograd caches
+    on. Set on torch's live config rather than through the environment before import: on a warm start (the host
+    agent's preloaded interpreter) torch was imported before this file ran. The folders are read when used."""
+    root = os.environ.get("ARC_CACHE_DIR")
+    if not root:
+        return None
+    folder = os.path.join(root, f"torch-{torch.__version__}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    return folder
+
+
+COMPILE_CACHE = use_compile_cache()
 
 # ---------------------------------------------------------------------------------------------------------------
 # The model: rotary embeddings, QK-norm, ReLU^2 MLP, value embeddings, sliding windows, logit soft-cap.

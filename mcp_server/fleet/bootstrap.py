@@ -127,7 +127,7 @@ def bootstrap_host(transport: Transport, progress_callback: ProgressCallback | N
         r.agent_version, r.nvml, r.nvml_error = hello.get("agent_version"), hello.get("nvml"), hello.get("nvml_error")
         if hello.get("config_error"):
             raise _StepFailed(f"the agent refuses its agent.json: {hello['config_error']}; fix: correct this host's "
-                              f"gpus/simulate_gpus/cpu_slots in the hosts file")
+                              f"gpus/simulate_gpus/cpu_slots/preload in the hosts file")
         step("inventory")
         _read_inventory(session.request("inventory", timeout=connect_timeout * 3), r)
         r.ready, r.failed_step = True, None

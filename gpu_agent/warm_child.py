@@ -1,0 +1,76 @@
+"""A job's interpreter started ahead of its job: imports the host's preload modules, then becomes the job.
+
+Run by a spare supervisor (warm.py) with the job's interpreter as `python warm_child.py MODULE...`, in its own
+session: stdin a pipe from the supervisor, stdout and stderr the pipe that will be the job's output, descriptor 3
+a pipe for its one status line. It imports MODULE... while the GPU is still busy with the previous job, writes
+"ready" (or why an import failed) to descriptor 3, then reads the job, a JSON object {"executable": ...,
+"argv": [python, "-m", module, ...] or [python, script.py, ...], "cwd": ..., "env": {...}}, from stdin until EOF,
+and runs it as `python -m` or `python script.py` would: same argv, sys.path[0], environment and exit status.
+An empty stdin (the supervisor went away) ends it quietly.
+
+It runs in the job's interpreter, not the agent's, so it uses the standard library only. A preload module that
+is not installed is skipped (that job does not use it). After any other import failure the job may already be on
+its way, so the child still takes it and exec()s it: the ordinary start, in the same process.
+"""
+import sys
+
+del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
+
+import json  # noqa: E402
+import os  # noqa: E402
+import runpy  # noqa: E402
+
+STATUS_FD = 3
+os.set_inheritable(STATUS_FD, False)    # nothing the preload imports start may hold it open
+
+
+def preload(modules):
+    """None when every module imported or is not installed at all, else why one failed."""
+    for name in modules:
+        try:
+            __import__(name)
+        except BaseException as e:  # noqa: BLE001 - a module's import may raise anything, SystemExit included
+            absent = (isinstance(e, ModuleNotFoundError) and e.name is not None
+                      and (name == e.name or name.startswith(e.name + ".")))
+            if not absent:      # not "no such package": the module exists and its import broke
+                return "importing %s failed: %s: %s" % (name, type(e).__name__, e)
+    return None
+
+
+def read_job():
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return json.loads(b"".join(chunks)) if chunks else None
+
+
+def become(job):
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    argv = job["argv"]
+    if argv[1] == "-m":
+        sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
+        sys.path.insert(0, os.getcwd())
+        runpy._run_module_as_main(argv[2], alter_argv=True)
+    else:
+        sys.argv = argv[1:]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[1])))
+        runpy.run_path(argv[1], run_name="__main__")
+
+
+failure = preload(sys.argv[1:])
+with os.fdopen(STATUS_FD, "w") as status:      # closed here, so the job does not inherit it
+    status.write(failure or "ready")
+job = read_job()
+if job is not None and failure:
+    os.chdir(job["cwd"])
+    os.execve(job["executable"], job["argv"], job["env"])
+elif job is not None:
+    become(job)
