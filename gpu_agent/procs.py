@@ -112,3 +112,11 @@ def set_name(name: str) -> None:
         _LIBC.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except AttributeError:
         pass
+
+
+def exit_text(status: int | None) -> str:
+    """A wait status for people: "status 3" or "signal 9"."""
+    if status is None:
+        return "unknown status"
+    code = os.waitstatus_to_exitcode(status)
+    return f"status {code}" if code >= 0 else f"signal {-code}"

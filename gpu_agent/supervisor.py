@@ -214,6 +214,10 @@ class Supervisor:
         try:
             if self._start():
                 self._watch()
+                if self._warm_child_lost_its_job():
+                    self._drain(until_eof=True)
+                    if self._start_process(warm_ok=False):
+                        self._watch()
                 self._clear_leftovers()
                 self._drain(until_eof=True)
             self.parser.close()
@@ -227,12 +231,20 @@ class Supervisor:
         return 0
 
     def _start(self) -> bool:
-        plan = self.plan
         self.log_fd = os.open(self.jobdir / "output.log", os.O_WRONLY | os.O_APPEND)
         if self.signals.cancel_requested:
             self.stop_status, self.stop_reason = "cancelled", "cancelled before start"
             return False
-        started_warm = self._start_warm()
+        self.started_mono = time.monotonic()
+        self.state["started_at"] = time.time()
+        if not self._start_process(warm_ok=True):
+            return False
+        self.tell({"started": self.state})
+        return True
+
+    def _start_process(self, warm_ok: bool) -> bool:
+        """Start the job's leader, warm when a warm interpreter is there for it; False if it could not start."""
+        started_warm = self._start_warm() if warm_ok else None
         if started_warm is not None:
             pid, out_r = started_warm
         else:
@@ -242,22 +254,33 @@ class Supervisor:
             except OSError:
                 pass        # above /proc/sys/fs/pipe-max-size: the default pipe works too
             try:
-                pid = _spawn(plan, out_w)
+                pid = _spawn(self.plan, out_w)
             except OSError as e:
                 os.close(out_r)
                 os.close(out_w)
-                self.stop_status, self.stop_reason = "failed", f"cannot start {plan.argv[0]!r}: {e.strerror or e}"
+                self.stop_status = "failed"
+                self.stop_reason = f"cannot start {self.plan.argv[0]!r}: {e.strerror or e}"
                 return False
             os.close(out_w)
-        started = time.time()
-        self.started_mono = time.monotonic()
         os.set_blocking(out_r, False)
         self.out_fd = out_r
         self.pid = pid
         job = procs.stat(pid)     # read even if the job is already a zombie: it is an identity, not liveness
-        self.state.update(status="running", pid=pid, pid_start=job.start if job else None, started_at=started)
+        self.state.update(status="running", pid=pid, pid_start=job.start if job else None)
         self._heartbeat()
-        self.tell({"started": self.state})
+        return True
+
+    def _warm_child_lost_its_job(self) -> bool:
+        """The warm interpreter died after the hand-over but before it took the job (killed, out of memory): the
+        job never ran, so it starts again the ordinary way, within the same time limit."""
+        child = self.warm_job
+        if child is None or self.stop_status is not None or child.took_job():
+            return False
+        self.warm_job = None
+        self._note(f"warm start failed, started the ordinary way: the warm interpreter ended "
+                   f"({procs.exit_text(self.exit_status)}) before it took the job")
+        self.exit_status = None
+        self.state["ended_at"] = None
         return True
 
     def _start_warm(self) -> tuple[int, int] | None:

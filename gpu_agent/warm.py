@@ -23,6 +23,8 @@ import signal
 from pathlib import Path
 from typing import NamedTuple
 
+from . import procs
+
 CHILD_SCRIPT = str(Path(__file__).with_name("warm_child.py"))
 # torch, then what the first optimizer and torch.compile() import: the bulk of a warm host's start-up.
 DEFAULT_PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx")
@@ -59,6 +61,7 @@ class WarmChild:
 
     def __init__(self, template: Key, env: dict[str, str], preload: tuple[str, ...]) -> None:
         self.key, self.preload = template, preload
+        self.status_lines: list[str] = []
         ctl_r, self.ctl_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
@@ -81,7 +84,7 @@ class WarmChild:
         """Give the job to the child; None if it took it, else why not (the child is then gone)."""
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid:
-            why = f"the warm interpreter exited ({_exit_text(status)}) before its job: {self._last_words()}"
+            why = f"the warm interpreter exited ({procs.exit_text(status)}) before its job: {self._last_words()}"
             self._close()
             return why
         job = json.dumps({"executable": self.key.program, "argv": argv, "cwd": cwd, "env": env}).encode()
@@ -96,19 +99,28 @@ class WarmChild:
         self.ctl_w = -1
         return None
 
+    def took_job(self) -> bool:
+        """Once the job's leader exited: whether the child had taken the job before it ended."""
+        return self._status()[1:2] == ["took"]
+
     def outcome(self) -> str:
-        """Once the job's leader exited: how the warm start went (the child wrote it before taking the job)."""
-        chunks = []
-        while chunk := os.read(self.status_r, 4096):
-            chunks.append(chunk)
-        os.close(self.status_r)
-        self.status_r = -1
-        status = b"".join(chunks).decode(errors="replace")
-        if status == "ready":
+        """Once the job's leader exited: how the warm start went."""
+        preload = self._status()[0]
+        if preload == "ready":
             return f"started warm: {', '.join(self.preload)} imported ahead"
-        if status:
-            return f"warm start failed, the job was exec()ed the ordinary way: {status}"
-        return "the warm interpreter ended before it finished its imports"
+        return f"warm start failed, the job was exec()ed the ordinary way: {preload}"
+
+    def _status(self) -> list[str]:
+        """The child's status lines: "ready" or why a preload import failed, then "took" once it read its job.
+        Read to EOF, which comes once the child has closed it (before it becomes the job) or died."""
+        if self.status_r >= 0:
+            chunks = []
+            while chunk := os.read(self.status_r, 4096):
+                chunks.append(chunk)
+            os.close(self.status_r)
+            self.status_r = -1
+            self.status_lines = b"".join(chunks).decode(errors="replace").splitlines() or ["no status"]
+        return self.status_lines
 
     def kill(self) -> None:
         try:
@@ -137,11 +149,6 @@ class WarmChild:
             if fd >= 0:
                 os.close(fd)
         self.ctl_w = self.status_r = self.out_r = -1
-
-
-def _exit_text(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    return f"status {code}" if code >= 0 else f"signal {-code}"
 
 
 def preload_modules(configured: tuple[str, ...] | None, has_real_gpus: bool) -> tuple[str, ...]:

@@ -2,10 +2,11 @@
 
 Run by a spare supervisor (warm.py) with the job's interpreter as `python warm_child.py MODULE...`, in its own
 session: stdin a pipe from the supervisor, stdout and stderr the pipe that will be the job's output, descriptor 3
-a pipe for its one status line. It imports MODULE... while the GPU is still busy with the previous job, writes
+a pipe for its status lines. It imports MODULE... while the GPU is still busy with the previous job, writes
 "ready" (or why an import failed) to descriptor 3, then reads the job, a JSON object {"executable": ...,
 "argv": [python, "-m", module, ...] or [python, script.py, ...], "cwd": ..., "env": {...}}, from stdin until EOF,
-and runs it as `python -m` or `python script.py` would: same argv, sys.path[0], environment and exit status.
+writes "took", and runs it as `python -m` or `python script.py` would: same argv, sys.path[0], environment and
+exit status.
 An empty stdin (the supervisor went away) ends it quietly.
 
 It runs in the job's interpreter, not the agent's, so it uses the standard library only. A preload module that
@@ -16,9 +17,11 @@ import sys
 
 del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
 
+import importlib.machinery  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import runpy  # noqa: E402
+import types  # noqa: E402
 
 STATUS_FD = 3
 os.set_inheritable(STATUS_FD, False)    # nothing the preload imports start may hold it open
@@ -50,25 +53,44 @@ def read_job():
     return json.loads(b"".join(chunks)) if chunks else None
 
 
+def report_uncaught(kind, value, tb):
+    """The default report without this file's and runpy's frames: a script's traceback reads as after a cold
+    start (a module's lacks the two <frozen runpy> frames a cold `python -m` shows)."""
+    while tb is not None and (tb.tb_frame.f_globals is globals() or tb.tb_frame.f_globals is runpy.__dict__):
+        tb = tb.tb_next
+    sys.__excepthook__(kind, value.with_traceback(tb), tb)     # the default prints value's own traceback
+
+
 def become(job):
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
+    sys.excepthook = report_uncaught
     argv = job["argv"]
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
         sys.path.insert(0, os.getcwd())
         runpy._run_module_as_main(argv[2], alter_argv=True)
-    else:
+    else:       # as CPython runs a script: in a fresh __main__, under its absolute path, argv as given
+        path = os.path.abspath(argv[1])
         sys.argv = argv[1:]
-        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[1])))
-        runpy.run_path(argv[1], run_name="__main__")
+        sys.path.insert(0, os.path.dirname(path))
+        main = types.ModuleType("__main__")
+        main.__file__, main.__cached__ = path, None
+        main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+        sys.modules["__main__"] = main
+        with open(path, "rb") as f:
+            source = f.read()
+        exec(compile(source, path, "exec"), main.__dict__)
 
 
 failure = preload(sys.argv[1:])
-with os.fdopen(STATUS_FD, "w") as status:      # closed here, so the job does not inherit it
-    status.write(failure or "ready")
-job = read_job()
+with os.fdopen(STATUS_FD, "w") as status:      # closed before the job runs, so it does not inherit it
+    status.write((failure or "ready").replace("\n", " ") + "\n")
+    status.flush()
+    job = read_job()
+    if job is not None:
+        status.write("took\n")
 if job is not None and failure:
     os.chdir(job["cwd"])
     os.execve(job["executable"], job["argv"], job["env"])

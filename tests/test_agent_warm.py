@@ -180,11 +180,39 @@ def test_the_trainer_starts_warm_with_torch_imported_and_trains_the_same(tmp_pat
     kill_jobs(workdir)
 
 
-def test_a_dead_warm_interpreter_is_replaced_by_an_ordinary_start(warm_agent, marker):
+def test_a_warm_interpreter_that_dies_is_replaced_by_an_ordinary_start(warm_agent, marker):
     agent, workdir = warm_agent
-    run(agent, workdir, "first", [sys.executable, "report.py", "0"], gpus=[0])
-    for pid in wait_until(lambda: warm_children(marker), what="a warm interpreter"):
-        os.kill(pid, signal.SIGKILL)
-    state, report, notes = run(agent, workdir, "second", [sys.executable, "report.py", "0"], gpus=[0])
-    assert state["status"] == "succeeded" and not report["preloaded"]
-    assert "warm start failed, started the ordinary way: the warm interpreter exited (signal 9)" in notes
+    script = [sys.executable, "report.py", "0"]
+    run(agent, workdir, "first", script, gpus=[0])
+    [pid] = wait_until(lambda: warm_children(marker), what="a warm interpreter")
+    os.kill(pid, signal.SIGKILL)                 # dead before the launch
+    wait_until(lambda: process_gone(pid), what="the warm interpreter to die")
+    state, report, notes = run(agent, workdir, "second", script, gpus=[0])
+    assert state["status"] == "succeeded" and report["job"] == "second" and not report["preloaded"]
+    assert "warm start failed, started the ordinary way: the warm interpreter exited (signal 9) before its job" \
+        in notes
+
+    # Dead after the hand-over but before it read its job (stopped first, so the order is certain): the job
+    # never ran, so it starts again the ordinary way.
+    [pid] = wait_until(lambda: warm_children(marker), what="the next warm interpreter")
+    os.kill(pid, signal.SIGSTOP)
+    launch(agent, "third", script, gpus=[0], cwd="code")
+    agent.event("job_started", "third")
+    os.kill(pid, signal.SIGKILL)
+    state = ended(agent, "third")
+    [report] = [r["data"] for r in agent.call("metrics", job_id="third")["records"]]
+    assert state["status"] == "succeeded" and report["job"] == "third" and not report["preloaded"]
+    notes = (workdir / "jobs" / "third" / "supervisor.log").read_text()
+    assert "the warm interpreter ended (signal 9) before it took the job" in notes
+
+
+def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent):
+    agent, workdir = warm_agent
+    (workdir / "code" / "boom.py").write_text("def fail():\n    raise ValueError('boom')\n\n\nfail()\n")
+    logs = []
+    for job_id in ("cold", "warm"):
+        state, _, notes = run(agent, workdir, job_id, [sys.executable, "boom.py"], gpus=[0])
+        assert (state["status"], state["exit_code"]) == ("failed", 1)
+        logs.append((workdir / "jobs" / job_id / "output.log").read_text())
+    assert "started warm" in notes
+    assert logs[0] == logs[1] and logs[0].startswith("Traceback") and 'boom.py", line 5' in logs[0]
