@@ -101,18 +101,22 @@ class WarmChild:
 
     def took_job(self) -> bool:
         """Once the job's leader exited: whether the child had taken the job before it ended."""
-        return self._status()[1:2] == ["took"]
+        return "took" in self._status()[1:]
 
     def outcome(self) -> str:
         """Once the job's leader exited: how the warm start went."""
-        preload = self._status()[0]
-        if preload == "ready":
-            return f"started warm: {', '.join(self.preload)} imported ahead"
-        return f"warm start failed, the job was exec()ed the ordinary way: {preload}"
+        preload, *rest = self._status()
+        stale = next((line.removeprefix("stale ") for line in rest if line.startswith("stale ")), None)
+        if preload != "ready":
+            return f"warm start failed, the job was exec()ed the ordinary way: {preload}"
+        if stale:
+            return f"warm start skipped, the job was exec()ed the ordinary way: {stale} changed since it was imported"
+        return f"started warm: {', '.join(self.preload)} imported ahead"
 
     def _status(self) -> list[str]:
-        """The child's status lines: "ready" or why a preload import failed, then "took" once it read its job.
-        Read to EOF, which comes once the child has closed it (before it becomes the job) or died."""
+        """The child's status lines: "ready" or why a preload import failed, "stale FILE" if a preloaded file
+        changed, then "took" once it read its job. Read to EOF, which comes once the child has closed it (before
+        it becomes the job) or died."""
         if self.status_r >= 0:
             chunks = []
             while chunk := os.read(self.status_r, 4096):

@@ -11,7 +11,9 @@ An empty stdin (the supervisor went away) ends it quietly.
 
 It runs in the job's interpreter, not the agent's, so it uses the standard library only. A preload module that
 is not installed is skipped (that job does not use it). After any other import failure the job may already be on
-its way, so the child still takes it and exec()s it: the ordinary start, in the same process.
+its way, so the child still takes it and exec()s it: the ordinary start, in the same process. So it does too when a
+preloaded module's file changed since it was imported (an upgrade): the job gets what is installed now, and the
+status says "stale FILE" before "took".
 """
 import sys
 
@@ -25,6 +27,29 @@ import types  # noqa: E402
 
 STATUS_FD = 3
 os.set_inheritable(STATUS_FD, False)    # nothing the preload imports start may hold it open
+
+
+def stamps(modules):
+    """The preloaded modules' files as they were imported: an upgrade (pip install) changes them."""
+    found = {}
+    for name in modules:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            st = os.stat(path)
+            found[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def changed(found):
+    """The first preloaded file that is not what was imported any more, or None."""
+    for path, stamp in found.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != stamp:
+            return path
+    return None
 
 
 def preload(modules):
@@ -85,13 +110,17 @@ def become(job):
 
 
 failure = preload(sys.argv[1:])
+imported = stamps(sys.argv[1:])
 with os.fdopen(STATUS_FD, "w") as status:      # closed before the job runs, so it does not inherit it
     status.write((failure or "ready").replace("\n", " ") + "\n")
     status.flush()
     job = read_job()
+    stale = changed(imported) if job is not None and not failure else None
+    if stale:
+        status.write("stale %s\n" % stale)
     if job is not None:
         status.write("took\n")
-if job is not None and failure:
+if job is not None and (failure or stale):
     os.chdir(job["cwd"])
     os.execve(job["executable"], job["argv"], job["env"])
 elif job is not None:

@@ -138,6 +138,27 @@ def test_a_failing_preload_still_runs_the_job_the_ordinary_way(tmp_path):
     kill_jobs(workdir)
 
 
+def test_a_preloaded_module_upgraded_meanwhile_is_not_used(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    # Every import of the module leaves a file named by the importing process's pid.
+    (lib / "versioned.py").write_text(f"import os\nopen(f'{lib}/imported-{{os.getpid()}}', 'w').close()\n"
+                                      "VERSION = 1\n")
+    workdir = make_workdir(tmp_path / "agent", {"cpu_slots": 2, "preload": ["versioned"]})
+    (workdir / "code").mkdir()
+    (workdir / "code" / "job.py").write_text("import versioned\nprint('@arc {\"version\": %d}' % versioned.VERSION)\n")
+    env = {"PYTHONPATH": str(lib)}
+    with AgentProcess(workdir) as agent:
+        first, _, _ = run(agent, workdir, "first", [sys.executable, "job.py"], env=env)
+        wait_until(lambda: {p.name for p in lib.glob("imported-*")} - {f"imported-{first['pid']}"},
+                   what="the warm interpreter to import the module")
+        (lib / "versioned.py").write_text("VERSION = 2  # upgraded while a warm interpreter held version 1\n")
+        state, report, notes = run(agent, workdir, "second", [sys.executable, "job.py"], env=env)
+    assert state["status"] == "succeeded" and report["version"] == 2
+    assert f"warm start skipped, the job was exec()ed the ordinary way: {lib / 'versioned.py'} changed" in notes
+    kill_jobs(workdir)
+
+
 @pytest.mark.parametrize("preload", ["torch", ["torch", 1], ["bad-name"]])
 def test_a_bad_preload_setting_is_refused(tmp_path, preload):
     workdir = make_workdir(tmp_path / "agent", {"preload": preload})
