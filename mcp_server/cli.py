@@ -297,15 +297,23 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_hosts_check(args) -> int:
+    import dataclasses
+
     from .fleet.bootstrap import check_hosts
-    from .fleet.report import render_readiness
+    from .fleet.report import check_hosts_live
     from .hosts_config import HostsConfigError, load_hosts
 
     try:
         hosts = load_hosts(hosts_file(args.hosts))
     except HostsConfigError as e:
         raise CliError(str(e)) from None
-    results = render_readiness(hosts, check_hosts, as_json=args.json)
+    if args.json:
+        results = check_hosts(hosts)
+        ready = sum(r.ready for r in results)
+        print(json.dumps({"summary": f"{ready}/{len(results)} hosts ready",
+                          "hosts": [dataclasses.asdict(r) for r in results]}, default=str))
+    else:
+        results = check_hosts_live(hosts, _console())
     return 0 if all(r.ready for r in results) else 1
 
 
@@ -603,11 +611,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arc", description="Run autoresearch experiments on a GPU fleet.")
-    p.add_argument("--hosts", help="fleet file (env ARC_HOSTS, default ./hosts.yaml)")
-    p.add_argument("--state-dir", help="history and daemon files (env ARC_STATE_DIR, default ./.arc)")
-    p.add_argument("--research", help="campaign rules (env ARC_RESEARCH, default research.yaml beside the hosts "
-                                      "file)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="hosts_action", required=True)
@@ -783,7 +787,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mcp", help="MCP over stdio, for Claude Code (starts the daemon if needed)")
     m.set_defaults(fn=cmd_mcp)
+    for command in _subcommands(p):
+        _global_options(command, top=False)
     return p
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name (`arc hosts check --hosts FILE`). A command's
+    copies default to SUPPRESS, so they set only what is given after the name and keep what came before."""
+    given_only = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--hosts", help="fleet file (env ARC_HOSTS, default ./hosts.yaml)", **given_only)
+    parser.add_argument("--state-dir", help="history and daemon files (env ARC_STATE_DIR, default ./.arc)",
+                        **given_only)
+    parser.add_argument("--research", help="campaign rules (env ARC_RESEARCH, default research.yaml beside the "
+                                           "hosts file)", **given_only)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables", **given_only)
+
+
+def _subcommands(parser: argparse.ArgumentParser):
+    for action in parser._actions:      # argparse lists subcommands nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield command
+                yield from _subcommands(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -13,7 +16,7 @@ from mcp_server.fleet import check_hosts, content_hash
 from mcp_server.fleet.bootstrap import STEPS, TRAINER_DIR
 from mcp_server.fleet.report import check_hosts_live, readiness_table
 from mcp_server.fleet.session import AGENT_DIR
-from tests.harness import local_host_entry
+from tests.harness import local_host_entry, write_hosts_yaml
 
 TORCH_TIMEOUT = 180.0   # three cold `import torch` at once on two cores
 
@@ -74,3 +77,25 @@ def test_second_check_finds_everything_in_place(netns_hosts, tmp_path):
     assert (first[0].agent_uploaded, second[0].agent_uploaded) == (True, False)
     assert (first[0].code_uploaded, second[0].code_uploaded) == (True, False)
     assert out.getvalue().count("1/1 hosts ready") == 2
+
+
+def test_arc_hosts_check_prints_the_table_or_json_and_exits_by_readiness(tmp_path):
+    """The command itself, as a person types it: options after the command name work as well as before."""
+    good = write_hosts_yaml(tmp_path / "hosts.yaml", [local_host_entry(tmp_path / "local", cpu_slots=1)])
+    broken = write_hosts_yaml(tmp_path / "broken.yaml", [local_host_entry(tmp_path / "local", python="/no/python")])
+
+    def arc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mcp_server.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=TORCH_TIMEOUT, env={**os.environ, "COLUMNS": "200"})
+
+    table = arc("hosts", "check", "--hosts", str(good))
+    assert table.returncode == 0, table.stderr
+    assert "1/1 hosts ready" in table.stdout and "this machine" in table.stdout
+    as_json = arc("--json", "hosts", "check", "--hosts", str(good))
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["summary"] == "1/1 hosts ready" and report["hosts"][0]["cpu_slots"] == 1
+    failed = arc("hosts", "check", "--json", "--hosts", str(broken))
+    assert failed.returncode == 1
+    [host] = json.loads(failed.stdout)["hosts"]
+    assert not host["ready"] and "/no/python" in host["error"]
