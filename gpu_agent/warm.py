@@ -10,6 +10,9 @@ The key is what the imports can depend on: the interpreter and the job's whole e
 included (one warm child per GPU, so nothing the imports might initialise points at another GPU). Only the ARC_*
 names differ per job; the agent sets them for the job to read, not for imports. Only `python -m module ...` and
 `python script.py ...` start warm; anything else, or any difference in the key, starts the ordinary way.
+
+One difference remains by construction: the preload is imported before the job's folder is on sys.path, so a file
+there named like a preloaded module (or one it imports) does not shadow it as it would on an ordinary start.
 """
 from __future__ import annotations
 
