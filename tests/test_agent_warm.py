@@ -191,12 +191,13 @@ def test_the_trainer_starts_warm_with_torch_imported_and_trains_the_same(tmp_pat
             launch(agent, job_id, argv, cwd=str(repo), time_limit_s=300)
             assert ended(agent, job_id, timeout=300)["status"] == "succeeded"
             log = agent.call("tail", job_id=job_id, lines=40)["text"]
-            summaries.append(dict(re.findall(r"^(val_bpb|num_steps):\s+(\S+)$", log, re.M)))
+            summaries.append(dict(re.findall(r"^(val_bpb|num_steps|warm_start):\s+(\S+)$", log, re.M)))
             startup = json.loads(next(line for line in log.splitlines() if '"startup_s"' in line)[5:])
             notes.append((workdir / "jobs" / job_id / "supervisor.log").read_text()
                          if (workdir / "jobs" / job_id / "supervisor.log").exists() else "")
             assert set(startup["startup_s"]) >= {"imports", "model"}
     assert "warm" not in notes[0] and "started warm: torch imported ahead" in notes[1]
+    assert (summaries[0].pop("warm_start"), summaries[1].pop("warm_start")) == ("0", "1")
     assert summaries[0] == summaries[1] and summaries[0]["num_steps"] == "4"     # same seed, same val_bpb
     kill_jobs(workdir)
 

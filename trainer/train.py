@@ -46,6 +46,7 @@ from typing import Any, Iterator
 # total_seconds counts from here: importing torch and start-up are overhead too (a warm start imported torch ahead)
 T_START = time.time()
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")   # read when CUDA first allocates
+WARM_START = "torch" in sys.modules    # the host agent's warm interpreter imported it ahead (gpu_agent/warm.py)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -610,6 +611,7 @@ def train(cfg: Config, data_dir: Path) -> int:
     print(f"depth:            {cfg.depth}")
     print(f"overhead_seconds: {total_seconds - training_time:.1f}")
     print(f"startup_seconds:  {startup_s:.1f}")
+    print(f"warm_start:       {int(WARM_START)}")
     print(f"first_step_seconds: {first_step_s:.1f}")
     print(f"eval_seconds:     {eval_s:.1f}")
     print(f"eval_tokens_M:    {eval_tokens / 1e6:.3f}")
