@@ -87,8 +87,9 @@ def render_jobs(console, data: dict) -> None:
 
 def render_job_details(console, data: dict) -> None:
     for j in data["jobs"]:
-        console.print(f"[bold]{j['job_id']}[/bold] {j['status']}  host={j.get('host')} class={j.get('gpu_class')} "
-                      f"exit={j.get('exit_code')} signal={j.get('signal')}")
+        ended = "".join(f" {k}={j[k]}" for k in ("exit_code", "signal") if j.get(k) is not None)
+        console.print(f"[bold]{j['job_id']}[/bold] {j['status']}  host={j.get('host')} class={j.get('gpu_class')}"
+                      f"{ended}")
         for key in ("name", "config", "command", "code_hash", "seed", "reason", "summary_metrics", "last_metrics"):
             if j.get(key) not in (None, [], {}):
                 console.print(f"  {key}: {j[key]}")
