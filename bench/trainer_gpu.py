@@ -36,33 +36,36 @@ sys.path.insert(0, str(REPO))
 from gpu_agent import warm  # noqa: E402
 
 
-def stream(argv: list[str], env: dict[str, str], label: str) -> tuple[int, list[str], float]:
-    """Run a process, echo its combined output line by line with a label, return (rc, lines, wall seconds)."""
-    t0 = time.time()
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+def echo(out, label: str) -> list[str]:
+    """Echo a process's combined output line by line with a label; its lines."""
     lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    for line in out:
         line = line.rstrip("\n")
         lines.append(line)
         print(f"[{label}] {line}", flush=True)
+    return lines
+
+
+def stream(argv: list[str], env: dict[str, str], label: str) -> tuple[int, list[str], float]:
+    """Run a process, echo its output, return (rc, lines, wall seconds)."""
+    t0 = time.time()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    assert proc.stdout is not None
+    lines = echo(proc.stdout, label)
     return proc.wait(), lines, time.time() - t0
 
 
-def stream_warm(child: warm.WarmChild, argv: list[str], env: dict[str, str], label: str) -> tuple[int, list[str], float]:
+def stream_warm(child: warm.WarmChild, argv: list[str], env: dict[str, str],
+                label: str) -> tuple[int, list[str], float]:
     """stream() for a job handed to a warm interpreter, as the host agent's supervisor hands it over."""
     t0 = time.time()
     why = child.hand_over(argv, str(REPO), env)
     if why is not None:
         print(f"[{label}] {why}", flush=True)
         return 1, [], time.time() - t0
-    lines = []
     with os.fdopen(child.out_r, errors="replace") as out:
-        for line in out:
-            line = line.rstrip("\n")
-            lines.append(line)
-            print(f"[{label}] {line}", flush=True)
+        lines = echo(out, label)
     _, status = os.waitpid(child.pid, 0)
     print(f"[{label}] {child.outcome()}", flush=True)
     return os.waitstatus_to_exitcode(status), lines, time.time() - t0

@@ -54,7 +54,7 @@ class Launcher:
         self.workdir, self.store, self.claims, self.gpus = workdir, store, claims, gpus
         self._spare: _Spare | None = None
         self._preload: tuple[str, ...] | None = None
-        self._warm_wanted: dict[str, supervisor.WarmStart] = {}     # by GPU set: the key of its latest launch
+        self._warm_wanted: dict[str, warm.WarmStart] = {}     # by GPU set: the key of its latest launch
         self._warm: dict[str, tuple[warm.Key, _Spare]] = {}         # by GPU set: the warm spare ready for it
 
     @property
@@ -92,7 +92,7 @@ class Launcher:
             spare, self._spare = self._spare or self._fork(), None
         if key is not None:
             self._warm_wanted.pop(key.gpus, None)       # re-inserted last: the newest GPU set is kept longest
-            self._warm_wanted[key.gpus] = supervisor.WarmStart(key, job_plan.env, self.preload)
+            self._warm_wanted[key.gpus] = warm.WarmStart(key, job_plan.env, self.preload)
             while len(self._warm_wanted) > len(self.gpus.devices()) + 1:
                 dropped = next(iter(self._warm_wanted))
                 del self._warm_wanted[dropped]
@@ -134,7 +134,7 @@ class Launcher:
                                                           "claims are stale (see the claims op)"}, b""
         return None
 
-    def _fork(self, warm_start: supervisor.WarmStart | None = None) -> _Spare:
+    def _fork(self, warm_start: warm.WarmStart | None = None) -> _Spare:
         plan_r, plan_w = os.pipe()
         events_r, events_w = os.pipe()
         try:

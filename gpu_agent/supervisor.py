@@ -92,15 +92,8 @@ class Signals:
             pass
 
 
-@dataclass(frozen=True)
-class WarmStart:
-    """What a warm spare starts ahead of its plan: the interpreter and environment of its key, and the imports."""
-    key: warm.Key
-    env: dict[str, str]
-    preload: tuple[str, ...]
-
-
-def main(store: JobStore, claims: Claims, plan_fd: int, events_fd: int, warm_start: WarmStart | None = None) -> int:
+def main(store: JobStore, claims: Claims, plan_fd: int, events_fd: int,
+         warm_start: warm.WarmStart | None = None) -> int:
     """Entry point in the forked child; returns the process exit status."""
     detach((plan_fd, events_fd))
     signals = Signals()

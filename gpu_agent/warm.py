@@ -59,6 +59,13 @@ def key(argv: list[str], env: dict[str, str]) -> Key | None:
                tuple(sorted((k, v) for k, v in env.items() if not k.startswith(PER_JOB_ENV_PREFIX))))
 
 
+class WarmStart(NamedTuple):
+    """What a warm spare starts ahead of its plan: the interpreter and environment of its key, and the imports."""
+    key: Key
+    env: dict[str, str]
+    preload: tuple[str, ...]
+
+
 class WarmChild:
     """The warm interpreter a spare supervisor started; it becomes the job, or is killed."""
 

@@ -171,7 +171,8 @@ def test_compile_cache_goes_under_arc_cache_dir(tmp_path: Path) -> None:
     # torch and its compiler are imported first, with the caches off, as in a warm start's preloaded interpreter
     code = ("import os, torch, torch._dynamo, torch._inductor.compile_fx; "
             "torch._inductor.config.fx_graph_cache = torch._functorch.config.enable_autograd_cache = False; "
-            "import trainer.train as t; from torch._inductor.runtime.cache_dir_utils import cache_dir; "
+            "import trainer.train as t; t.enable_compile_caches(); "
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir; "
             "print(t.COMPILE_CACHE); print(cache_dir()); print(os.environ['TRITON_CACHE_DIR']); "
             "print(torch._inductor.config.fx_graph_cache, torch._functorch.config.enable_autograd_cache)")
     env = dict(os.environ, ARC_CACHE_DIR=str(tmp_path))

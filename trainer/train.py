@@ -50,8 +50,6 @@ WARM_START = "torch" in sys.modules    # the host agent's warm interpreter impor
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch._functorch.config  # noqa: E402
-import torch._inductor.config  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
@@ -62,18 +60,25 @@ from trainer.config import PRESETS, Config, ConfigError, resolve_config  # noqa:
 
 
 def use_compile_cache() -> str | None:
-    """Put inductor's and Triton's caches in $ARC_CACHE_DIR/torch-<version>/, with the FX-graph and autograd caches
-    on. Set on torch's live config rather than through the environment before import: on a warm start (the host
-    agent's preloaded interpreter) torch was imported before this file ran. The folders are read when used."""
+    """Put inductor's and Triton's caches in $ARC_CACHE_DIR/torch-<version>/ (both read when used, not at import).
+    The micro-batch memo lives there too."""
     root = os.environ.get("ARC_CACHE_DIR")
     if not root:
         return None
     folder = os.path.join(root, f"torch-{torch.__version__}")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+    return folder
+
+
+def enable_compile_caches() -> None:
+    """The FX-graph and autograd caches on, in torch's live config: on a warm start (the host agent's preloaded
+    interpreter) torch was imported before this file ran, too late for their environment variables. Only before
+    torch.compile: importing these configs costs over a second that a run without compilation need not pay."""
+    import torch._functorch.config
+    import torch._inductor.config
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
-    return folder
 
 
 COMPILE_CACHE = use_compile_cache()
@@ -519,6 +524,8 @@ def train(cfg: Config, data_dir: Path) -> int:
         print(f"note: GPU model {gpu_model!r} is not in trainer/gpu_specs.py, so MFU is omitted; add its dense bf16 "
               "peak there to get it", flush=True)
 
+    if cfg.compile and COMPILE_CACHE:
+        enable_compile_caches()
     step_model = torch.compile(model, dynamic=False) if cfg.compile else model
     batches = train_batches(data.train, cfg.seq_len, micro_batch, cfg.seed, device)
     x, y, epoch = next(batches)
