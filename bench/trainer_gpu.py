@@ -10,10 +10,12 @@ Runs, one after another, each a real `python -m trainer.train` process:
   4. warm-start  the same again in the interpreter a warm host's agent keeps ready (gpu_agent/warm.py: torch and
                  its compiler imported ahead), which is how a second experiment on a warm host starts
   5. sdpa        the same model with attention=sdpa (windowed layers through SDPA with an explicit mask)
-  6. any --variant LABEL:key=value[,key=value]: the same again with those settings (e.g. b256:device_batch_size=256)
+  6. any --variant LABEL:key=value[,key=value]: the same again with those settings (e.g. b256:device_batch_size=256,
+                 or muon-compiled:compile_optimizer=1)
 Every training line is echoed as it comes (so a log tee'd to a file keeps what was measured even if the run is cut
-short), then a table: tok/s (whole-run mean from the summary, and the median over the logged steps), MFU, peak
-memory, val_bpb, overhead (total - training seconds) with its parts, and a final `BENCH_JSON {...}` line.
+short), then a table: tok/s (whole-run mean from the summary, and the median over the logged steps), MFU, the
+median step time and the part of it the optimizers took on the device, peak memory, val_bpb, overhead (total -
+training seconds) with its parts, and a final `BENCH_JSON {...}` line.
 
 A CPU dry run of the same code paths: --preset cpu-tiny --budget 3 --sdpa-budget 2 --max-bytes 1000000
 --vocab-size 1024.
@@ -86,14 +88,17 @@ def parse_run(lines: list[str]) -> dict:
             except ValueError:
                 pass
     config = next((e for e in events if "config" in e), {})
-    step_rates = [e["tok_per_s"] for e in events if "tok_per_s" in e and e.get("training_s", 0) > 0]
-    step_mfu = [e["mfu_percent"] for e in events if "mfu_percent" in e and e.get("training_s", 0) > 0]
+    timed = [e for e in events if e.get("training_s", 0) > 0]   # progress lines after the untimed (compiling) steps
+
+    def median_step(key: str) -> float | None:
+        values = [e[key] for e in timed if key in e]
+        return statistics.median(values) if values else None
     return {"summary": summary, "gpu_model": config.get("gpu_model"), "gpu_class": config.get("gpu_class"),
             "micro_batch": config.get("micro_batch"), "grad_accum": config.get("grad_accum"),
             "micro_batch_reason": config.get("micro_batch_reason"), "attention": config.get("attention"),
-            "torch": config.get("torch"),
-            "median_step_tok_per_s": statistics.median(step_rates) if step_rates else None,
-            "median_step_mfu_percent": statistics.median(step_mfu) if step_mfu else None}
+            "torch": config.get("torch"), "median_step_tok_per_s": median_step("tok_per_s"),
+            "median_step_mfu_percent": median_step("mfu_percent"), "median_step_ms": median_step("dt_ms"),
+            "median_optimizer_ms": median_step("optimizer_ms")}
 
 
 def main() -> int:
@@ -143,9 +148,9 @@ def main() -> int:
         if rc:  # go on: the other runs' figures are still worth having
             print(f"BENCH FAIL: the {label} run exited {rc}", flush=True)
 
-    print("\n| run | tok/s (mean) | tok/s (median step) | MFU % | peak MiB | val_bpb | overhead s | startup s | "
-          "first step s | eval s | micro-batch x accum |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | tok/s (mean) | tok/s (median step) | MFU % | step ms (optimizer) | peak MiB | val_bpb | "
+          "overhead s | startup s | first step s | eval s | micro-batch x accum |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, _, _ in runs:
         run = results.get(label)
         if not run or not run["summary"]:
@@ -153,7 +158,9 @@ def main() -> int:
         s = run["summary"]
         med = run["median_step_tok_per_s"]
         print(f"| {label} ({run['attention']}) | {s.get('tok_per_s', 0):,.0f} | {med or 0:,.0f} | "
-              f"{s.get('mfu_percent', float('nan')):.2f} | {s.get('peak_vram_mb', 0):,.0f} | "
+              f"{s.get('mfu_percent', float('nan')):.2f} | "
+              f"{run['median_step_ms'] or 0:.1f} ({run['median_optimizer_ms'] or 0:.1f}) | "
+              f"{s.get('peak_vram_mb', 0):,.0f} | "
               f"{s.get('val_bpb', 0):.6f} | "
               f"{s.get('overhead_seconds', 0):.1f} | {s.get('startup_seconds', 0):.1f} | "
               f"{s.get('first_step_seconds', 0):.1f} | {s.get('eval_seconds', 0):.1f} | "

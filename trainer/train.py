@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # total_seconds counts from here: importing torch and start-up are overhead too (a warm start imported torch ahead)
 T_START = time.time()
@@ -341,12 +341,48 @@ def build_optimizers(model: GPT, cfg: Config, device: torch.device) -> list[torc
     ]
     adamw = torch.optim.AdamW([g for g in adam_groups if g["params"]], betas=(cfg.adam_beta1, cfg.adam_beta2),
                               eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
-    muon = torch.optim.Muon(list(model.blocks.parameters()), lr=cfg.matrix_lr, weight_decay=cfg.weight_decay,
-                            momentum=cfg.muon_momentum, nesterov=True)
+    # A compiled step treats float hyperparameters as constants and recompiles whenever the schedule moves them;
+    # 0-dim tensors (updated in place by set_hyperparameter) are inputs of one graph instead. On the parameters'
+    # device, so the graph mixes no devices and updating them never waits for the GPU.
+    def hyper(value: float) -> float | torch.Tensor:
+        return torch.tensor(value, device=device) if cfg.compile_optimizer else value
+    muon = torch.optim.Muon(list(model.blocks.parameters()), lr=hyper(cfg.matrix_lr),
+                            weight_decay=hyper(cfg.weight_decay), momentum=hyper(cfg.muon_momentum), nesterov=True)
     for opt in (adamw, muon):
         for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
+            group["initial_lr"] = float(group["lr"])
     return [adamw, muon]
+
+
+def set_hyperparameter(group: dict, key: str, value: float) -> None:
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
+
+
+def apply_schedule(optimizers: list[torch.optim.Optimizer], cfg: Config, step: int, progress: float) -> float:
+    """Set every group's LR, Muon's momentum and weight decay for this step; the LR multiplier."""
+    lr_mult = lr_multiplier(cfg, progress)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            set_hyperparameter(group, "lr", group["initial_lr"] * lr_mult)
+    muon_group = optimizers[1].param_groups[0]
+    set_hyperparameter(muon_group, "momentum", muon_momentum(cfg, step))
+    set_hyperparameter(muon_group, "weight_decay", cfg.weight_decay * (1 - progress))
+    return lr_mult
+
+
+def optimizer_step(optimizers: list[torch.optim.Optimizer], cfg: Config) -> Callable[[], None]:
+    """One step of both optimizers; Muon's torch.compile'd with compile_optimizer (its per-matrix eager step is
+    about 25 small kernels for each of the ~50 block matrices)."""
+    adamw, muon = optimizers
+    muon_step = torch.compile(muon.step) if cfg.compile_optimizer else muon.step
+
+    def step() -> None:
+        adamw.step()
+        muon_step()
+    return step
 
 
 def lr_multiplier(cfg: Config, progress: float) -> float:
@@ -461,6 +497,32 @@ def arc(**fields: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class DeviceClock:
+    """Milliseconds the device spends on a stretch of work, read once that work is done: CUDA events on a GPU, so
+    timing queues nothing and waits for nothing; the wall clock on the CPU, which runs work as it is issued."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.t0 = self.wall_ms = 0.0
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.wall_ms = 1000 * (time.perf_counter() - self.t0)
+
+    def ms(self) -> float:
+        return self.start.elapsed_time(self.end) if self.cuda else self.wall_ms
+
+
 class Laps:
     """Start-up time by phase (printed before training): where a warm host's overhead goes."""
 
@@ -524,9 +586,10 @@ def train(cfg: Config, data_dir: Path) -> int:
         print(f"note: GPU model {gpu_model!r} is not in trainer/gpu_specs.py, so MFU is omitted; add its dense bf16 "
               "peak there to get it", flush=True)
 
-    if cfg.compile and COMPILE_CACHE:
+    if (cfg.compile or cfg.compile_optimizer) and COMPILE_CACHE:
         enable_compile_caches()
     step_model = torch.compile(model, dynamic=False) if cfg.compile else model
+    step_optimizers, optimizer_clock = optimizer_step(optimizers, cfg), DeviceClock(device)
     batches = train_batches(data.train, cfg.seq_len, micro_batch, cfg.seed, device)
     x, y, epoch = next(batches)
 
@@ -554,15 +617,9 @@ def train(cfg: Config, data_dir: Path) -> int:
             loss_sum += loss.detach()
             x, y, epoch = next(batches)  # queued while the GPU works
         progress = step / cfg.max_steps if cfg.max_steps else min(training_time / cfg.time_budget, 1.0)
-        lr_mult = lr_multiplier(cfg, progress)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lr_mult
-        muon_group = optimizers[1].param_groups[0]
-        muon_group["momentum"] = muon_momentum(cfg, step)
-        muon_group["weight_decay"] = cfg.weight_decay * (1 - progress)
-        for opt in optimizers:
-            opt.step()
+        lr_mult = apply_schedule(optimizers, cfg, step, progress)
+        with optimizer_clock:
+            step_optimizers()
         model.zero_grad(set_to_none=True)
         train_loss = loss_sum.item() / grad_accum  # waits for the queued step: the timing below is the GPU's
         dt = time.time() - t0
@@ -583,7 +640,8 @@ def train(cfg: Config, data_dir: Path) -> int:
             tok_per_s = cfg.total_batch_size / dt
             progress_line = dict(step=step, train_loss=round(train_loss, 6), tok_per_s=round(tok_per_s),
                                  lr_mult=round(lr_mult, 4), elapsed_s=round(time.time() - T_START, 2),
-                                 training_s=round(training_time, 2), dt_ms=round(dt * 1000, 1), epoch=epoch)
+                                 training_s=round(training_time, 2), dt_ms=round(dt * 1000, 1),
+                                 optimizer_ms=round(optimizer_clock.ms(), 1), epoch=epoch)
             if peak_flops:
                 progress_line["mfu_percent"] = round(100 * flops_per_token * tok_per_s / peak_flops, 2)
             arc(**progress_line)
