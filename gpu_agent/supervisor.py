@@ -405,8 +405,8 @@ class Supervisor:
             status, reason = "succeeded", None
         elif code is not None and code < 0:
             status, reason = "failed", f"killed by {_signal_name(-code)}"
-        else:
-            status, reason = "failed", None
+        else:   # the reason says it too, so a list of jobs shows why without each one's details
+            status, reason = "failed", None if code is None else f"exit code {code}"
         self.state.update(status=status, reason=reason, exit_code=code if code is None or code >= 0 else None,
                           signal=-code if code is not None and code < 0 else None)
         self.state["ended_at"] = self.state.get("ended_at") or time.time()

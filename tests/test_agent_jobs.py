@@ -49,6 +49,13 @@ def test_metrics_from_markers_and_final_block(agent, workdir):
     assert '@arc {"step": 2, "train_loss": oops}' in log and "@arc [1, 2]" in log   # kept in the log, skipped
 
 
+def test_a_failing_job_says_its_exit_code_in_its_reason(agent):
+    launch(agent, "x1", python_job("import sys; print('giving up'); sys.exit(3)"), gpus=[0])
+    state = ended(agent, "x1")
+    assert (state["status"], state["exit_code"], state["signal"], state["reason"]) == ("failed", 3, None,
+                                                                                      "exit code 3")
+
+
 def test_parser_is_indifferent_to_chunking_and_skips_overlong_lines():
     out = []
     parser = MetricsParser(lambda source, data: out.append((source, data)))
