@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli_hints import as_command_line
 from .paths import StatePaths, hosts_file
 
 EXIT_USAGE = 2
@@ -57,8 +58,12 @@ def _fmt(v: Any) -> str:
 
 def render_summary(console, data: dict) -> None:
     console.print(data.get("summary", ""))
+    render_next(console, data)
+
+
+def render_next(console, data: dict) -> None:
     if data.get("next"):
-        console.print(f"[dim]next: {data['next']}[/dim]")
+        console.print(f"next: {as_command_line(data['next'])}", style="dim", markup=False, highlight=False)
 
 
 def render_gpus(console, data: dict) -> None:
@@ -538,8 +543,7 @@ def render_comparison(console, data: dict) -> None:
     rows = [["a", data.get("gpu_class_a"), data["n_a"], _fmt(data["mean_a"])],
             ["b", data.get("gpu_class_b"), data["n_b"], _fmt(data["mean_b"])]]
     console.print(_table(None, ["side", "class", "runs", "mean"], rows))
-    if data.get("next"):
-        console.print(f"[dim]next: {data['next']}[/dim]", highlight=False)
+    render_next(console, data)
 
 
 def render_diff(console, data: dict) -> None:

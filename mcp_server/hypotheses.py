@@ -10,7 +10,7 @@ from typing import Any
 
 from .history import History, HistoryError
 from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id
-from .service import ArcError, iso
+from .service import ArcError, iso, next_page
 
 STATUSES = ("open", "supported", "refuted", "abandoned")
 MAX_TEXT = 2000
@@ -106,4 +106,5 @@ def list_hypotheses(history: History, status: str | None = None, limit: int = 20
                                                                                       else "")
                           + (f"; showing {offset + 1}-{offset + len(views)}" if views else ""),
                           hypotheses=views, total=total, offset=offset,
-                          next=f"list_hypotheses(offset={offset + len(views)})" if more else None)
+                          next=next_page("list_hypotheses", offset + len(views), status=status,
+                                         limit=None if limit == 20 else limit) if more else None)

@@ -57,6 +57,12 @@ def iso(value: Any) -> str | None:
     return str(value)
 
 
+def next_page(tool: str, offset: int, **filters: Any) -> str:
+    """The call that fetches the next page, carrying the caller's filters (None: left out)."""
+    args = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v not in (None, []))
+    return f"{tool}({args + ', ' if args else ''}offset={offset})"
+
+
 def _bounded(name: str, value: int, lo: int, hi: int) -> int:
     if not isinstance(value, int) or not lo <= value <= hi:
         raise ArcError(f"{name} must be an integer from {lo} to {hi} (got {value!r})")
@@ -327,15 +333,9 @@ class Service:
         more = offset + len(views) < total
         return JobList(summary=f"{total} job(s) match; showing {offset + 1 if views else 0}-{offset + len(views)}",
                        jobs=views, total=total, offset=offset,
-                       next=self._next_page("list_jobs", offset + len(views), status=status, host=host, tag=tag,
+                       next=next_page("list_jobs", offset + len(views), status=status, host=host, tag=tag,
                                             hypothesis_id=hypothesis_id, limit=None if limit == 50 else limit)
                        if more else None)
-
-    @staticmethod
-    def _next_page(tool: str, offset: int, **filters: Any) -> str:
-        """The call that fetches the next page, carrying the caller's filters."""
-        args = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v not in (None, []))
-        return f"{tool}({args + ', ' if args else ''}offset={offset})"
 
     def cancel_jobs(self, job_ids: list[str]) -> CancelResult:
         if not job_ids:

@@ -4,6 +4,7 @@ submitting at once share one queue without lock errors. Hosts: the shared netns 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,4 +91,10 @@ def test_two_clis_submitting_at_once_share_one_queue(netns_hosts, arcs, tmp_path
     assert {d["status"] for d in final.values()} == {"succeeded"}
     listed = arc.call("list_jobs", limit=100)
     assert listed["total"] == 2 * per_cli and {j["job_id"] for j in listed["jobs"]} == set(ids)
+    # A page's hint is a command line a person can run as printed, and it gives the next page.
+    hint = arc.cli("jobs", "--limit", "3").stdout.splitlines()[-1]
+    assert hint == "next: arc jobs --limit 3 --offset 3"
+    following = json.loads(arc.cli(*shlex.split(hint)[2:], "--json").stdout)
+    assert following["offset"] == 3 and [j["job_id"] for j in following["jobs"]] == \
+        [j["job_id"] for j in listed["jobs"]][3:6]
     assert "Could not set lock" not in arc.log() and "Traceback" not in arc.log()

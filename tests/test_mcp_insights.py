@@ -178,7 +178,7 @@ def test_hypotheses_lifecycle_and_refusals(history):
 
     hypotheses.append_hypothesis(history, "second")
     page = hypotheses.list_hypotheses(history, limit=1)
-    assert page.total == 2 and len(page.hypotheses) == 1 and page.next == "list_hypotheses(offset=1)"
+    assert page.total == 2 and len(page.hypotheses) == 1 and page.next == "list_hypotheses(limit=1, offset=1)"
     assert "1 open, 1 supported" in page.summary
     assert hypotheses.list_hypotheses(history, status="supported").hypotheses[0].hyp_id == hyp_id
     with pytest.raises(ArcError, match="limit"):

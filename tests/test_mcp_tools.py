@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from mcp_server.cli_hints import COMMANDS
 from mcp_server.hosts_config import load_hosts
 from mcp_server.paths import StatePaths
 from mcp_server.service import Service
@@ -77,6 +78,9 @@ async def test_tools_are_listed_with_annotations_and_short_descriptions(client):
     assert tools["tail_log"].output_schema is None                # the log is text content, not structured
     assert tools["diff_jobs"].output_schema is None               # so is a code diff
     assert "approve" not in tools                                 # lifting a checkpoint is the person's act
+    assert set(COMMANDS) == set(tools)              # every tool's next-step hint reads as an arc command too
+    for name, (_, options) in COMMANDS.items():
+        assert set(options) <= set(tools[name].input_schema["properties"]), name
 
 
 async def test_list_gpus_and_unknown_host(client):
