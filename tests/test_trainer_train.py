@@ -183,6 +183,7 @@ def test_compile_cache_goes_under_arc_cache_dir(tmp_path: Path) -> None:
     assert result.stdout.split("\n")[:4] == [folder, folder, os.path.join(folder, "triton"), "True True"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")   # inside torch's own compiler
 def test_compiled_muon_compiles_once_and_follows_the_schedule(data: Path) -> None:
     """compile_optimizer: Muon's hyperparameters are tensors the schedule updates in place, so the compiled step
     is traced once although LR, momentum and weight decay change at every step, and it tracks the eager step."""
