@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except CliError as e:
-        print(f"arc: {e}", file=sys.stderr)
+        print(f"arc: {as_command_line(str(e))}", file=sys.stderr)   # refusals name tools too ("list_jobs shows...")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -36,8 +36,9 @@ COMMANDS: dict[str, tuple[str, Options]] = {
     "diff_jobs": ("arc diff", {"a": "", "b": ""}),
     "rerun_job": ("arc rerun", {"job_id": "", "seeds": "--seeds+", "gpu_class": "--gpu-class"}),
 }
-# a tool's name, and its argument list when one follows (one level of brackets inside, as in job_ids=['j1'])
-_TOOL = re.compile(r"\b(" + "|".join(COMMANDS) + r")\b(\((?:[^()]|\([^()]*\))*\))?")
+# a tool's name, and its argument list when one follows (one level of brackets inside, as in job_ids=['j1']); not
+# a quoted name, which is a value echoed back ("no table 'digest'")
+_TOOL = re.compile(r"(?<![\w'\"])(" + "|".join(COMMANDS) + r")(?![\w'\"])(\((?:[^()]|\([^()]*\))*\))?")
 
 
 def as_command_line(hint: str) -> str:

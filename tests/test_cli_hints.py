@@ -36,6 +36,7 @@ from mcp_server.cli_hints import COMMANDS, as_command_line
      "update_hypothesis(hyp_id=..., compare={'a': ['j1'], 'c': ['j2']})"),
     ("raise limit or add WHERE/ORDER BY", "raise limit or add WHERE/ORDER BY"),
     ("tail_logs and digests", "tail_logs and digests"),
+    ("no table or view 'digest'; list_jobs shows the jobs", "no table or view 'digest'; arc jobs shows the jobs"),
 ])
 def test_hints_read_as_command_lines(hint: str, shown: str) -> None:
     assert as_command_line(hint) == shown

@@ -81,12 +81,14 @@ def test_another_process_reads_the_snapshot_while_the_daemon_writes(arc, tmp_pat
     ("INSTALL httpfs", "refused: INSTALL/LOAD add extensions"),
     ("SET threads = 1", "refused: SET/RESET/USE change settings"),
     ("SELECT * FROM read_csv('/etc/passwd')", "file access is disabled"),
-    ("SELECT 1; DROP TABLE jobs", "exactly one statement is allowed, got 2 (SELECT, DROP)"),
+    ("SELECT 1; DROP TABLE jobs", "exactly one statement is allowed, got 2 (SELECT, DROP): send exactly one "
+                                  "read-only SELECT (WITH ... SELECT is fine); arc schema lists tables and examples"),
 ], ids=["COPY", "ATTACH", "INSTALL", "SET", "read_csv", "two statements"])
 def test_arc_sql_refuses_anything_but_one_select(arc, query, message):
     proc = arc.cli("sql", query, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("arc: ") and message in proc.stderr, proc.stderr
     assert "send exactly one read-only SELECT" in proc.stderr or "query the history's tables" in proc.stderr
+    assert "describe_history" not in proc.stderr   # a person is told the arc command that lists the tables
     assert not any(os.path.exists(p) for p in ("/tmp/arc-test-copy.csv", "/tmp/arc-test-other.duckdb"))
     assert arc.cli_json("sql", "SELECT count(*) AS n FROM jobs")["columns"] == ["n"]
 
