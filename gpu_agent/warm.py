@@ -11,8 +11,8 @@ included (one warm child per GPU, so nothing the imports might initialise points
 names differ per job; the agent sets them for the job to read, not for imports. Only `python -m module ...` and
 `python script.py ...` start warm; anything else, or any difference in the key, starts the ordinary way.
 
-One difference remains by construction: the preload is imported before the job's folder is on sys.path, so a file
-there named like a preloaded module (or one it imports) does not shadow it as it would on an ordinary start.
+The preload is imported before the job's folder is on sys.path, so a file there named like a module it imported
+would not shadow that module as it does on an ordinary start; such a job starts the ordinary way (warm_child.py).
 """
 from __future__ import annotations
 
@@ -116,16 +116,16 @@ class WarmChild:
     def outcome(self) -> str:
         """Once the job's leader exited: how the warm start went."""
         preload, *rest = self._status()
-        stale = next((line.removeprefix("stale ") for line in rest if line.startswith("stale ")), None)
+        skip = next((line.removeprefix("skip ") for line in rest if line.startswith("skip ")), None)
         if preload != "ready":
             return f"warm start failed, the job was exec()ed the ordinary way: {preload}"
-        if stale:
-            return f"warm start skipped, the job was exec()ed the ordinary way: {stale} changed since it was imported"
+        if skip:
+            return f"warm start skipped, the job was exec()ed the ordinary way: {skip}"
         return f"started warm: {', '.join(self.preload)} imported ahead"
 
     def _status(self) -> list[str]:
-        """The child's status lines: "ready" or why a preload import failed, "stale FILE" if a preloaded file
-        changed, then "took" once it read its job. Read to EOF, which comes once the child has closed it (before
+        """The child's status lines: "ready" or why a preload import failed, "skip WHY" if the job must start the
+        ordinary way after all, then "took" once it read its job. Read to EOF, which comes once the child has closed it (before
         it becomes the job) or died."""
         if self.status_r >= 0:
             chunks = []

@@ -11,12 +11,16 @@ An empty stdin (the supervisor went away) ends it quietly.
 
 It runs in the job's interpreter, not the agent's, so it uses the standard library only. A preload module that
 is not installed is skipped (that job does not use it). After any other import failure the job may already be on
-its way, so the child still takes it and exec()s it: the ordinary start, in the same process. So it does too when a
-preloaded module's file changed since it was imported (an upgrade): the job gets what is installed now, and the
-status says "stale FILE" before "took".
+its way, so the child still takes it and exec()s it: the ordinary start, in the same process. So it does too,
+saying why in a "skip WHY" status line before "took", when a warm start would give the job other modules than an
+ordinary start would:
+- a preloaded module's file changed since it was imported (an upgrade): the job gets what is installed now;
+- the job's first sys.path folder holds a module named like one imported here: on an ordinary start that file
+  shadows it, because sys.path[0] comes first.
 """
 import sys
 
+AT_START = set(sys.modules)     # what an ordinary start has imported before sys.path[0] exists
 del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
 
 import importlib.machinery  # noqa: E402
@@ -46,9 +50,39 @@ def changed(found):
         try:
             st = os.stat(path)
         except OSError:
-            return path
+            return "%s changed since it was imported" % path
         if (st.st_ino, st.st_size, st.st_mtime_ns) != stamp:
-            return path
+            return "%s changed since it was imported" % path
+    return None
+
+
+def imported_here():
+    """Top-level modules imported since start-up, from files: the ones a job's file could shadow (built-in and
+    frozen modules are found before sys.path is searched)."""
+    names = {name.partition(".")[0] for name in set(sys.modules) - AT_START}
+    return {name for name in names
+            if getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None) not in ("built-in", "frozen")}
+
+
+def shadowing(job, names):
+    """The first file in the job's sys.path[0] folder that an ordinary start would import instead of one of
+    `names`, or None."""
+    argv = job["argv"]
+    folder = job["cwd"] if argv[1] == "-m" else os.path.dirname(os.path.join(job["cwd"], argv[1]))
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return None
+    suffixes = importlib.machinery.all_suffixes()
+    for entry in sorted(entries):
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path):     # a regular package; a folder without __init__ loses to one further on
+            found = entry if any(os.path.isfile(os.path.join(path, "__init__" + s)) for s in suffixes) else None
+        else:
+            found = next((entry[:-len(s)] for s in sorted(suffixes, key=len, reverse=True) if entry.endswith(s)),
+                         None)
+        if found in names:
+            return "%s would shadow the module %s, imported ahead" % (path, found)
     return None
 
 
@@ -115,12 +149,12 @@ with os.fdopen(STATUS_FD, "w") as status:      # closed before the job runs, so 
     status.write((failure or "ready").replace("\n", " ") + "\n")
     status.flush()
     job = read_job()
-    stale = changed(imported) if job is not None and not failure else None
-    if stale:
-        status.write("stale %s\n" % stale)
+    skip = None if job is None or failure else changed(imported) or shadowing(job, imported_here())
+    if skip:
+        status.write("skip %s\n" % skip.replace("\n", " "))
     if job is not None:
         status.write("took\n")
-if job is not None and (failure or stale):
+if job is not None and (failure or skip):
     os.chdir(job["cwd"])
     os.execve(job["executable"], job["argv"], job["env"])
 elif job is not None:

@@ -159,6 +159,26 @@ def test_a_preloaded_module_upgraded_meanwhile_is_not_used(tmp_path):
     kill_jobs(workdir)
 
 
+@pytest.mark.parametrize("local", ["shadowed.py", "shadowed/__init__.py"])
+def test_a_job_whose_folder_shadows_a_preloaded_module_starts_the_ordinary_way(tmp_path, local):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "shadowed.py").write_text("WHERE = 'installed'\n")
+    workdir = make_workdir(tmp_path / "agent", {"cpu_slots": 2, "preload": ["shadowed"]})
+    code = workdir / "code"
+    (code / local).parent.mkdir(parents=True, exist_ok=True)
+    (code / local).write_text("WHERE = 'the job folder'\n")       # an ordinary start imports this one first
+    (code / "job.py").write_text("import shadowed\nprint('@arc {\"where\": \"%s\"}' % shadowed.WHERE)\n")
+    env = {"PYTHONPATH": str(lib)}
+    with AgentProcess(workdir) as agent:
+        _, cold, _ = run(agent, workdir, "first", [sys.executable, "job.py"], env=env)
+        state, warm, notes = run(agent, workdir, "second", [sys.executable, "job.py"], env=env)
+    assert state["status"] == "succeeded" and cold == warm == {"where": "the job folder"}
+    assert f"warm start skipped, the job was exec()ed the ordinary way: {code / local.split('/')[0]} would shadow " \
+           "the module shadowed, imported ahead" in notes
+    kill_jobs(workdir)
+
+
 @pytest.mark.parametrize("preload", ["torch", ["torch", 1], ["bad-name"]])
 def test_a_bad_preload_setting_is_refused(tmp_path, preload):
     workdir = make_workdir(tmp_path / "agent", {"preload": preload})
