@@ -113,9 +113,9 @@ def read_job():
 
 
 def report_uncaught(kind, value, tb):
-    """The default report without this file's and runpy's frames: a script's traceback reads as after a cold
-    start (a module's lacks the two <frozen runpy> frames a cold `python -m` shows)."""
-    while tb is not None and (tb.tb_frame.f_globals is globals() or tb.tb_frame.f_globals is runpy.__dict__):
+    """The default report without this file's frames, so a traceback reads as after a cold start (a module's
+    keeps the two <frozen runpy> frames a cold `python -m` shows too)."""
+    while tb is not None and tb.tb_frame.f_globals is globals():
         tb = tb.tb_next
     sys.__excepthook__(kind, value.with_traceback(tb), tb)     # the default prints value's own traceback
 
@@ -125,19 +125,20 @@ def become(job):
     os.environ.clear()
     os.environ.update(job["env"])
     sys.excepthook = report_uncaught
+    # The job runs in a fresh __main__, as after a cold start: not in this file's globals, which runpy would use.
+    main = sys.modules["__main__"] = types.ModuleType("__main__")
+    main.__annotations__ = {}       # as the interpreter's own __main__ starts
     argv = job["argv"]
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
         sys.path.insert(0, os.getcwd())
         runpy._run_module_as_main(argv[2], alter_argv=True)
-    else:       # as CPython runs a script: in a fresh __main__, under its absolute path, argv as given
+    else:       # as CPython runs a script: under its absolute path, argv as given
         path = os.path.abspath(argv[1])
         sys.argv = argv[1:]
         sys.path.insert(0, os.path.dirname(path))
-        main = types.ModuleType("__main__")
         main.__file__, main.__cached__ = path, None
         main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
-        sys.modules["__main__"] = main
         with open(path, "rb") as f:
             source = f.read()
         exec(compile(source, path, "exec"), main.__dict__)

@@ -24,7 +24,8 @@ import json, os, sys
 print("@arc " + json.dumps({{"preloaded": {PRELOADED!r} in sys.modules, "argv": sys.argv, "path0": sys.path[0],
                             "cwd": os.getcwd(), "job": os.environ["ARC_JOB_ID"], "name": __name__,
                             "stdin": sys.stdin.read(), "executable": sys.executable, "prefix": sys.prefix,
-                            "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}}))
+                            "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+                            "globals": sorted(globals())}}))
 sys.exit(int(sys.argv[-1]))
 """
 
@@ -248,13 +249,14 @@ def test_a_warm_interpreter_that_dies_is_replaced_by_an_ordinary_start(warm_agen
     assert "the warm interpreter ended (signal 9) before it took the job" in notes
 
 
-def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent):
+@pytest.mark.parametrize("how", [["boom.py"], ["-m", "boom"]], ids=["script", "module"])
+def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent, how):
     agent, workdir = warm_agent
     (workdir / "code" / "boom.py").write_text("def fail():\n    raise ValueError('boom')\n\n\nfail()\n")
     logs = []
     for job_id in ("cold", "warm"):
-        state, _, notes = run(agent, workdir, job_id, [sys.executable, "boom.py"], gpus=[0])
+        state, _, notes = run(agent, workdir, job_id, [sys.executable, *how], gpus=[0])
         assert (state["status"], state["exit_code"]) == ("failed", 1)
         logs.append((workdir / "jobs" / job_id / "output.log").read_text())
     assert "started warm" in notes
-    assert logs[0] == logs[1] and logs[0].startswith("Traceback") and 'boom.py", line 5' in logs[0]
+    assert logs[0] == logs[1] and logs[0].startswith("Traceback") and 'boom.py", line 5' in logs[0], logs
