@@ -23,6 +23,7 @@ import sys
 AT_START = set(sys.modules)     # what an ordinary start has imported before sys.path[0] exists
 del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
 
+import builtins  # noqa: E402
 import importlib.machinery  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -127,7 +128,8 @@ def become(job):
     sys.excepthook = report_uncaught
     # The job runs in a fresh __main__, as after a cold start: not in this file's globals, which runpy would use.
     main = sys.modules["__main__"] = types.ModuleType("__main__")
-    main.__annotations__ = {}       # as the interpreter's own __main__ starts
+    # as the interpreter's own __main__ starts: without it exec() would put builtins' dict there, not the module
+    main.__annotations__, main.__builtins__ = {}, builtins
     argv = job["argv"]
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
