@@ -131,6 +131,7 @@ def become(job):
     # as the interpreter's own __main__ starts: without it exec() would put builtins' dict there, not the module
     main.__annotations__, main.__builtins__ = {}, builtins
     argv = job["argv"]
+    sys.orig_argv = list(argv)      # the command line as the job was started, as a cold start's process has it
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
         sys.path.insert(0, os.getcwd())

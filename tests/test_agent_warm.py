@@ -25,7 +25,8 @@ print("@arc " + json.dumps({{"preloaded": {PRELOADED!r} in sys.modules, "argv": 
                             "cwd": os.getcwd(), "job": os.environ["ARC_JOB_ID"], "name": __name__,
                             "stdin": sys.stdin.read(), "executable": sys.executable, "prefix": sys.prefix,
                             "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
-                            "globals": sorted(globals()), "builtins": type(__builtins__).__name__}}))
+                            "globals": sorted(globals()), "builtins": type(__builtins__).__name__,
+                            "orig_argv": sys.orig_argv}}))
 sys.exit(int(sys.argv[-1]))
 """
 
