@@ -13,6 +13,7 @@ names differ per job; the agent sets them for the job to read, not for imports. 
 
 The preload is imported before the job's folder is on sys.path, so a file there named like a module it imported
 would not shadow that module as it does on an ordinary start; such a job starts the ordinary way (warm_child.py).
+What stays different: the process's command line in /proc (and so in `ps`) is the warm child's, not the job's.
 """
 from __future__ import annotations
 
