@@ -126,8 +126,8 @@ class WarmChild:
 
     def _status(self) -> list[str]:
         """The child's status lines: "ready" or why a preload import failed, "skip WHY" if the job must start the
-        ordinary way after all, then "took" once it read its job. Read to EOF, which comes once the child has closed it (before
-        it becomes the job) or died."""
+        ordinary way after all, then "took" once it read its job. Read to EOF, which comes once the child has
+        closed it (before it becomes the job) or died."""
         if self.status_r >= 0:
             chunks = []
             while chunk := os.read(self.status_r, 4096):

@@ -46,13 +46,14 @@ def stamps(modules):
 
 
 def changed(found):
-    """The first preloaded file that is not what was imported any more, or None."""
+    """The first preloaded file changed since it was imported (said as a reason), or None."""
     for path, stamp in found.items():
         try:
             st = os.stat(path)
+            same = (st.st_ino, st.st_size, st.st_mtime_ns) == stamp
         except OSError:
-            return "%s changed since it was imported" % path
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != stamp:
+            same = False
+        if not same:
             return "%s changed since it was imported" % path
     return None
 

@@ -52,7 +52,7 @@ class Config:
     seed: int = 42
     device: str = "auto"               # auto | cuda | cpu
     compile: bool = True               # torch.compile the model
-    compile_optimizer: bool = False    # torch.compile Muon's step too (compiles once: its hyperparameters become tensors)
+    compile_optimizer: bool = False    # torch.compile Muon's step too (once: its hyperparameters become tensors)
     attention: str = "auto"            # auto | flex | sdpa: how windowed layers attend (auto = flex on CUDA)
 
 
