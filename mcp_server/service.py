@@ -334,7 +334,7 @@ class Service:
         return JobList(summary=f"{total} job(s) match; showing {offset + 1 if views else 0}-{offset + len(views)}",
                        jobs=views, total=total, offset=offset,
                        next=next_page("list_jobs", offset + len(views), status=status, host=host, tag=tag,
-                                            hypothesis_id=hypothesis_id, limit=None if limit == 50 else limit)
+                                      hypothesis_id=hypothesis_id, limit=None if limit == 50 else limit)
                        if more else None)
 
     def cancel_jobs(self, job_ids: list[str]) -> CancelResult:
