@@ -16,7 +16,8 @@ saying why in a "skip WHY" status line before "took", when a warm start would gi
 ordinary start would:
 - a preloaded module's file changed since it was imported (an upgrade): the job gets what is installed now;
 - the job's first sys.path folder holds a module named like one imported here: on an ordinary start that file
-  shadows it, because sys.path[0] comes first.
+  shadows it, because sys.path[0] comes first;
+- the job's script cannot be opened: the interpreter says so itself.
 """
 import sys
 
@@ -55,6 +56,15 @@ def changed(found):
             same = False
         if not same:
             return "%s changed since it was imported" % path
+    return None
+
+
+def unopenable(job):
+    """A script an ordinary start cannot open, which it reports in its own words (exit 2), or None."""
+    argv = job["argv"]
+    path = os.path.join(job["cwd"], argv[1])
+    if argv[1] != "-m" and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        return "cannot open %s" % path
     return None
 
 
@@ -154,7 +164,7 @@ with os.fdopen(STATUS_FD, "w") as status:      # closed before the job runs, so 
     status.write((failure or "ready").replace("\n", " ") + "\n")
     status.flush()
     job = read_job()
-    skip = None if job is None or failure else changed(imported) or shadowing(job, imported_here())
+    skip = None if job is None or failure else changed(imported) or unopenable(job) or shadowing(job, imported_here())
     if skip:
         status.write("skip %s\n" % skip.replace("\n", " "))
     if job is not None:

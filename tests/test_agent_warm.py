@@ -250,6 +250,18 @@ def test_a_warm_interpreter_that_dies_is_replaced_by_an_ordinary_start(warm_agen
     assert "the warm interpreter ended (signal 9) before it took the job" in notes
 
 
+@pytest.mark.parametrize("how", [["missing.py"], ["-m", "missing"]], ids=["script", "module"])
+def test_a_job_that_cannot_start_fails_as_it_would_after_a_cold_start(warm_agent, how):
+    agent, workdir = warm_agent
+    outcomes = []
+    for job_id in ("cold", "warm"):
+        state, _, notes = run(agent, workdir, job_id, [sys.executable, *how], gpus=[0])
+        outcomes.append((state["status"], state["exit_code"], (workdir / "jobs" / job_id / "output.log").read_text()))
+    assert outcomes[0] == outcomes[1] and outcomes[0][1] == (2 if how == ["missing.py"] else 1), outcomes
+    assert "can't open file" in outcomes[0][2] or "No module named missing" in outcomes[0][2]
+    assert "warm start skipped" in notes if how == ["missing.py"] else "started warm" in notes
+
+
 @pytest.mark.parametrize("how", [["boom.py"], ["-m", "boom"]], ids=["script", "module"])
 def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent, how):
     agent, workdir = warm_agent
