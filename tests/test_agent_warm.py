@@ -263,13 +263,19 @@ def test_a_job_that_cannot_start_fails_as_it_would_after_a_cold_start(warm_agent
 
 
 @pytest.mark.parametrize("how", [["boom.py"], ["-m", "boom"]], ids=["script", "module"])
-def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent, how):
+@pytest.mark.parametrize("source, where", [
+    ("def fail():\n    raise ValueError('boom')\n\n\nfail()\n", 'boom.py", line 5, in <module>\n'),
+    ("x = 1\ndef broken(:\n    pass\n", 'boom.py", line 2\n    def broken(:\n'),
+], ids=["exception", "syntax-error"])
+def test_an_uncaught_exception_reads_as_it_would_after_a_cold_start(warm_agent, how, source, where):
     agent, workdir = warm_agent
-    (workdir / "code" / "boom.py").write_text("def fail():\n    raise ValueError('boom')\n\n\nfail()\n")
+    (workdir / "code" / "boom.py").write_text(source)
     logs = []
     for job_id in ("cold", "warm"):
         state, _, notes = run(agent, workdir, job_id, [sys.executable, *how], gpus=[0])
         assert (state["status"], state["exit_code"]) == ("failed", 1)
         logs.append((workdir / "jobs" / job_id / "output.log").read_text())
     assert "started warm" in notes
-    assert logs[0] == logs[1] and logs[0].startswith("Traceback") and 'boom.py", line 5' in logs[0], logs
+    assert logs[0] == logs[1] and where in logs[0], logs
+    # a traceback unless a script's own syntax is wrong (that is reported before it runs, with no frames)
+    assert logs[0].startswith("Traceback") == (how == ["-m", "boom"] or "ValueError" in logs[0])
