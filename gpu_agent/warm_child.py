@@ -22,7 +22,10 @@ ordinary start would:
 import sys
 
 AT_START = set(sys.modules)     # what an ordinary start has imported before sys.path[0] exists
-del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
+# Python puts the script's (or -m's working) folder first on sys.path, unless PYTHONSAFEPATH (3.11+) says not to
+PATH0 = not getattr(sys.flags, "safe_path", False)
+if PATH0:
+    del sys.path[0]     # this file's folder (the agent's code) must not shadow the job's modules
 
 import builtins  # noqa: E402
 import importlib.machinery  # noqa: E402
@@ -145,12 +148,12 @@ def become(job):
     sys.orig_argv = list(argv)      # the command line as the job was started, as a cold start's process has it
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
-        sys.path.insert(0, os.getcwd())
+        sys.path[:0] = [os.getcwd()] if PATH0 else []
         runpy._run_module_as_main(argv[2], alter_argv=True)
     else:       # as CPython runs a script: under its absolute path, argv as given
         path = os.path.abspath(argv[1])
         sys.argv = argv[1:]
-        sys.path.insert(0, os.path.dirname(path))
+        sys.path[:0] = [os.path.dirname(path)] if PATH0 else []
         main.__file__, main.__cached__ = path, None
         main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
         with open(path, "rb") as f:

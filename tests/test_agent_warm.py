@@ -161,6 +161,18 @@ def test_a_preloaded_module_upgraded_meanwhile_is_not_used(tmp_path):
     kill_jobs(workdir)
 
 
+def test_pythonsafepath_keeps_the_job_folder_off_sys_path_warm_too(warm_agent):
+    agent, workdir = warm_agent
+    reports = {}
+    env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": "/nonexistent"}     # so sys.path[0] shows whether the folder came first
+    for job_id in ("cold", "warm"):
+        _, reports[job_id], notes = run(agent, workdir, job_id, [sys.executable, "report.py", "0"], gpus=[0],
+                                        env=env)
+    assert "started warm" in notes and reports["warm"]["preloaded"]
+    assert {**reports["warm"], "preloaded": False, "job": "cold"} == reports["cold"]
+    assert reports["cold"]["path0"] == "/nonexistent"
+
+
 @pytest.mark.parametrize("local", ["shadowed.py", "shadowed/__init__.py"])
 def test_a_job_whose_folder_shadows_a_preloaded_module_starts_the_ordinary_way(tmp_path, local):
     lib = tmp_path / "lib"
