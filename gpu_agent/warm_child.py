@@ -79,13 +79,23 @@ def imported_here():
             if getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None) not in ("built-in", "frozen")}
 
 
+def first_on_path(job):
+    """The folder an ordinary start puts first on sys.path: the working directory for -m, else the script's folder
+    after resolving symlinks, as CPython does; None under PYTHONSAFEPATH."""
+    if not PATH0:
+        return None
+    argv = job["argv"]
+    if argv[1] == "-m":
+        return os.path.realpath(job["cwd"])
+    return os.path.dirname(os.path.realpath(os.path.join(job["cwd"], argv[1])))
+
+
 def shadowing(job, names):
     """The first file in the job's sys.path[0] folder that an ordinary start would import instead of one of
     `names`, or None."""
-    argv = job["argv"]
-    folder = job["cwd"] if argv[1] == "-m" else os.path.dirname(os.path.join(job["cwd"], argv[1]))
+    folder = first_on_path(job)
     try:
-        entries = os.listdir(folder)
+        entries = os.listdir(folder) if folder else []
     except OSError:
         return None
     suffixes = importlib.machinery.all_suffixes()
@@ -146,14 +156,14 @@ def become(job):
     main.__annotations__, main.__builtins__ = {}, builtins
     argv = job["argv"]
     sys.orig_argv = list(argv)      # the command line as the job was started, as a cold start's process has it
+    folder = first_on_path(job)
+    sys.path[:0] = [folder] if folder else []
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
-        sys.path[:0] = [os.getcwd()] if PATH0 else []
         runpy._run_module_as_main(argv[2], alter_argv=True)
     else:       # as CPython runs a script: under its absolute path, argv as given
         path = os.path.abspath(argv[1])
         sys.argv = argv[1:]
-        sys.path[:0] = [os.path.dirname(path)] if PATH0 else []
         main.__file__, main.__cached__ = path, None
         main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
         with open(path, "rb") as f:

@@ -161,6 +161,19 @@ def test_a_preloaded_module_upgraded_meanwhile_is_not_used(tmp_path):
     kill_jobs(workdir)
 
 
+def test_a_symlinked_script_puts_its_real_folder_first_on_sys_path_warm_too(warm_agent):
+    agent, workdir = warm_agent
+    (workdir / "code" / "real").mkdir()
+    (workdir / "code" / "real" / "report.py").write_text(REPORT)
+    (workdir / "code" / "link.py").symlink_to("real/report.py")
+    reports = {}
+    for job_id in ("cold", "warm"):
+        _, reports[job_id], notes = run(agent, workdir, job_id, [sys.executable, "link.py", "0"], gpus=[0])
+    assert "started warm" in notes
+    assert {**reports["warm"], "preloaded": False, "job": "cold"} == reports["cold"]
+    assert reports["cold"]["path0"] == str((workdir / "code" / "real").resolve())
+
+
 def test_pythonsafepath_keeps_the_job_folder_off_sys_path_warm_too(warm_agent):
     agent, workdir = warm_agent
     reports = {}
