@@ -158,6 +158,7 @@ def become(job):
     sys.orig_argv = list(argv)      # the command line as the job was started, as a cold start's process has it
     folder = first_on_path(job)
     sys.path[:0] = [folder] if folder else []
+    importlib.invalidate_caches()   # folders listed during the preload may have changed since (a pip install)
     if argv[1] == "-m":
         sys.argv = ["-m"] + argv[3:]        # runpy puts the module's path in argv[0], as -m does
         runpy._run_module_as_main(argv[2], alter_argv=True)
