@@ -167,6 +167,27 @@ def test_windowed_layers_through_flex_and_sdpa_agree_and_differ_from_full_attent
     assert (losses["sdpa"] - full).abs().max() > 1e-3
 
 
+MiB, GiB = 2**20, 2**30
+
+
+@pytest.mark.parametrize("micro_batch, peak, card, expected", [
+    (64, 24_889.5 * MiB, 79.2 * GiB, 128),    # H100 SXM: the eager probe's 64; 128 then ran in 49,146 MiB
+    (128, 49_146 * MiB, 139.8 * GiB, 256),    # H200: the eager probe's 128; 256 ran in 97,507 MiB
+    (64, 38 * GiB, 79.2 * GiB, 64),           # doubling (76 GiB) would fit the card but not its 90 %
+    (64, 75 * GiB, 79.2 * GiB, 64),           # a run that already exceeded 90 % keeps what it ran with
+])
+def test_a_runs_measured_peak_raises_the_micro_batch_only_as_far_as_it_fits(micro_batch: int, peak: float,
+                                                                             card: float, expected: int) -> None:
+    # peak, micro-batch and card as measured by bench/trainer_gpu.py on one H100 and one H200 (README)
+    assert trainer.measured_micro_batch(256, micro_batch, peak, card) == expected
+
+
+def test_a_measured_micro_batch_is_a_divisor_of_the_global_batch() -> None:
+    # 2x fits, 4x does not: 6 sequences (a divisor of 12), never 8
+    assert trainer.measured_micro_batch(12, 3, 3.0, 7.0 / 0.9) == 6
+    assert trainer.measured_micro_batch(12, 3, 1.0, 100.0) == 12
+
+
 def test_compile_cache_goes_under_arc_cache_dir(tmp_path: Path) -> None:
     # torch and its compiler are imported first, with the caches off, as in a warm start's preloaded interpreter
     code = ("import os, torch, torch._dynamo, torch._inductor.compile_fx; "
