@@ -3,9 +3,15 @@
 <workdir>/jobs/<job-id>/ spec.json (written once, before launch), state.json (atomic rename writes), output.log,
 metrics.jsonl. A job directory appears whole: it is built under a temporary name and renamed into place, so a
 directory named after a job always has its spec and first state.
+
+<workdir>/jobs/.revoked/<sha256 of a launch token>: launches the controller gave up on (revoke), refused if they
+arrive later. Creating a job and revoking a launch hold the same lock (jobs/.create.lock), so one of them wins.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -18,6 +24,8 @@ from .errors import AgentError
 from .protocol import TERMINAL_STATUSES, JobState
 
 JOBS_DIR = "jobs"
+REVOKED_DIR = ".revoked"
+CREATE_LOCK = ".create.lock"
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JOB_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
 
@@ -66,12 +74,40 @@ class JobStore:
             with open(tmp / name, "w") as f:    # private until renamed: no need for atomic writes here
                 if content is not None:
                     json.dump(content, f)
+        with self._creating():
+            if self._revoked(spec["launch_token"]).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise AgentError("launch_revoked", f"this launch of job {job_id} arrived after the controller had "
+                                                   "revoked it (it had queued the job again): nothing was started")
+            try:
+                os.rename(tmp, self.path(job_id))
+                return True
+            except OSError:         # EEXIST / ENOTEMPTY: the job is there already
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+
+    def revoke(self, job_id: str, token: str) -> JobState | None:
+        """The job's state if it exists; else None, and a launch with this token that arrives later is refused."""
+        with self._creating():
+            if self.exists(job_id):
+                return self.state(job_id)
+            marker = self._revoked(token)
+            marker.parent.mkdir(exist_ok=True)
+            marker.touch()
+            return None
+
+    @contextlib.contextmanager
+    def _creating(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / CREATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.rename(tmp, self.path(job_id))
-            return True
-        except OSError:         # EEXIST / ENOTEMPTY: the job is there already
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
+            fcntl.flock(fd, fcntl.LOCK_EX)      # released by the kernel if this process dies holding it
+            yield
+        finally:
+            os.close(fd)
+
+    def _revoked(self, token: str) -> Path:
+        return self.root / REVOKED_DIR / hashlib.sha256(token.encode()).hexdigest()
 
     def spec(self, job_id: str) -> dict[str, Any]:
         try:

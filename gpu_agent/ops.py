@@ -50,7 +50,8 @@ class Agent:
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "hello": self.hello, "inventory": self.inventory, "launch": self.launch, "status": self.status,
             "list": self.list, "cancel": self.cancel, "tail": self.tail, "metrics": self.metrics,
-            "claims": self.claims_op, "release_stale": self.release_stale, "shutdown": self.shutdown}
+            "claims": self.claims_op, "release_stale": self.release_stale, "revoke_launch": self.revoke_launch,
+            "shutdown": self.shutdown}
 
     def handle(self, request: Any) -> Response:
         rid = request.get("id") if isinstance(request, dict) else None
@@ -177,6 +178,12 @@ class Agent:
             state["reason"] = f"{state['reason']}; released by the controller"
             self.store.write_state(job_id, state)
         return {"job_id": job_id, "released": released, "killed": killed, "state": state}
+
+    def revoke_launch(self, params: dict[str, Any]) -> protocol.RevokeResult:
+        """The controller got no reply to a launch and this host has no record of it: settle which it was."""
+        p = _params("revoke_launch", params, {"job_id": (_job_id, REQUIRED), "launch_token": (_token, REQUIRED)})
+        state = self.store.revoke(p["job_id"], p["launch_token"])
+        return {"revoked": state is None, "state": state}
 
     def shutdown(self, params: dict[str, Any]) -> dict[str, bool]:
         _params("shutdown", params, {})

@@ -35,13 +35,14 @@ JobStatus = Literal["starting", "running", "succeeded", "failed", "cancelled", "
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timeout", "lost"})
 
 Op = Literal["hello", "inventory", "launch", "status", "list", "cancel", "tail", "metrics", "claims",
-             "release_stale", "shutdown"]
+             "release_stale", "revoke_launch", "shutdown"]
 
 ErrorCode = Literal[
     "bad_request",      # malformed request or arguments; fix the caller
     "bad_config",       # <workdir>/agent.json is invalid; the message names the field
     "unknown_job",      # no such job directory on this host
     "job_exists",       # launch: this job id exists with a different launch token
+    "launch_revoked",   # launch: the controller revoked this launch token (revoke_launch) before it arrived
     "claim_conflict",   # a requested GPU/slot is held by another job, or no CPU slot is free (retry elsewhere)
     "no_such_gpu",      # index not in this host's inventory
     "launch_failed",    # the supervisor could not be started (infrastructure); if the message says the
@@ -200,7 +201,8 @@ class MetricsResult(TypedDict):
 # hello → Hello; inventory → Inventory; launch(LaunchParams) → JobState; cancel(JobRef) → JobState (SIGTERM to the
 # group now, SIGKILL after kill_grace_s; idempotent; a job_ended event follows); tail(TailParams) → TailResult;
 # metrics(MetricsParams) → MetricsResult; status(StatusParams) → StatusResult; list(ListParams) → ListResult;
-# claims → ClaimsResult; release_stale(JobRef) → ReleaseStaleResult; shutdown → {"stopping": true}.
+# claims → ClaimsResult; release_stale(JobRef) → ReleaseStaleResult; revoke_launch(RevokeParams) → RevokeResult;
+# shutdown → {"stopping": true}.
 
 class JobRef(TypedDict):
     job_id: str
@@ -241,6 +243,20 @@ class MetricsParams(TypedDict, total=False):
 
 class ClaimsResult(TypedDict):
     claims: list[ClaimInfo]
+
+
+class RevokeParams(TypedDict):
+    job_id: str
+    launch_token: str
+
+
+class RevokeResult(TypedDict):
+    # The controller's answer to a launch whose reply it never got, and of which the host has no record: either
+    # the launch did happen (state: the job, whatever its token) or it never will (revoked: a launch with this
+    # token that arrives later, through a connection the controller has given up on, is refused). Revoking and
+    # creating a job take the same lock, so exactly one of the two wins.
+    revoked: bool
+    state: JobState | None
 
 
 class ReleaseStaleResult(TypedDict):

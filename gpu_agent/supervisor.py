@@ -25,6 +25,7 @@ from typing import Any
 
 from . import procs, warm
 from .claims import ClaimConflict, Claims
+from .errors import AgentError
 from .jobstore import JobStore
 from .metrics import MetricsParser
 from .protocol import JobState
@@ -192,10 +193,15 @@ class Supervisor:
             supervisor_pid=pid, supervisor_start=start, pid=None, pid_start=None, created_at=now,
             started_at=None, ended_at=None, heartbeat_at=now, exit_code=None, signal=None, reason=None,
             log_bytes=0, metrics_count=0)
-        if not self.store.create(plan.job_id, {**plan.spec, "created_at": now}, self.state):
+        try:
+            created = self.store.create(plan.job_id, {**plan.spec, "created_at": now}, self.state)
+            refusal = None if created else {"error": "exists"}
+        except AgentError as e:     # launch_revoked
+            refusal = {"error": e.code, "message": e.message}
+        if refusal is not None:
             self.claims.rollback(self.resources)
             self.resources = []
-            self.tell({"error": "exists"})
+            self.tell(refusal)
             return False
         self.claims.record("acquire", self.resources, plan.job_id)
         self.tell({"ok": True, "state": self.state})

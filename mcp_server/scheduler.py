@@ -275,10 +275,17 @@ class Scheduler:
         job_id, status = job["job_id"], job["status"]
         if state is None:
             if status in ("dispatching", "unconfirmed"):
-                # The launch never reached the host: safe to queue again (its token is never reused).
+                # No record of the launch, but a copy of it may still be on its way through a connection we gave
+                # up on (a healed partition delivers it). Revoke it, so the host refuses it if it comes; or, if it
+                # came meanwhile, settle the job it made.
+                answer = self.request(host, "revoke_launch", {"job_id": self.host_job_id(job_id),
+                                                              "launch_token": job["launch_token"]})
+                if not answer["revoked"]:
+                    self._settle(host, job, answer["state"])
+                    return
                 if self.history.update_job(job_id, expect_status=status, status="queued", host=None,
                                            gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
-                                           _reason=f"launch never reached {host}; queued again"):
+                                           _reason=f"launch never reached {host}; revoked there, queued again"):
                     self._queue_stale = True
                     self._free(job_id, host)
             elif self.history.update_job(job_id, expect_status=status, status="lost", ended_at=time.time(),

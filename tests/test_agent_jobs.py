@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from gpu_agent.claims import read_ledger
+from gpu_agent.client import AgentProcess
 from gpu_agent.errors import AgentError
 from gpu_agent.metrics import MAX_LINE_BYTES, MetricsParser
 from tests.test_agent_support import agent, ended, launch, process_gone, python_job, wait_until, workdir  # noqa: F401
@@ -117,6 +119,44 @@ def test_launch_is_idempotent_on_its_token(agent, workdir):
                 and _pgrp(p) == running["pid"]]) == 1
     agent.call("cancel", job_id="i1")
     assert ended(agent, "i1")["status"] == "cancelled"
+
+
+def test_a_launch_revoked_through_another_connection_is_refused_when_it_arrives(workdir):
+    # old: the serve process of a connection the controller gave up on; new: the one it reconnected through
+    with AgentProcess(workdir) as old, AgentProcess(workdir) as new:
+        assert new.call("revoke_launch", job_id="r1", launch_token="tok-1") == {"revoked": True, "state": None}
+        with pytest.raises(AgentError) as e:
+            launch(old, "r1", ["sleep", "30"], gpus=[0], launch_token="tok-1")
+        assert e.value.code == "launch_revoked"
+        assert new.call("claims")["claims"] == []
+        assert new.call("status", job_ids=["r1"])["unknown"] == ["r1"]
+        # Queued again, the job may land on this host again, under its new token.
+        launch(new, "r1", ["true"], gpus=[0], launch_token="tok-2")
+        assert ended(new, "r1")["status"] == "succeeded"
+        answer = new.call("revoke_launch", job_id="r1", launch_token="tok-2")
+        assert answer["revoked"] is False and answer["state"]["launch_token"] == "tok-2"
+    assert [e["job_id"] for e in read_ledger(workdir / "claims.log") if e["op"] == "acquire"] == ["r1"]
+
+
+def test_revoking_and_launching_at_once_have_exactly_one_winner(workdir):
+    with AgentProcess(workdir) as old, AgentProcess(workdir) as new:
+        for i in range(12):
+            job_id, outcome = f"race{i}", {}
+
+            def launching() -> None:
+                try:
+                    outcome["launched"] = launch(old, job_id, ["true"], launch_token=f"t{i}")
+                except AgentError as e:
+                    outcome["refused"] = e.code
+            racer = threading.Thread(target=launching)
+            racer.start()
+            answer = new.call("revoke_launch", job_id=job_id, launch_token=f"t{i}")
+            racer.join(30)
+            assert ("launched" in outcome) == (not answer["revoked"]), (outcome, answer)
+            if answer["revoked"]:
+                assert outcome["refused"] == "launch_revoked"
+            else:
+                assert ended(old, job_id)["status"] == "succeeded"
 
 
 def test_cancel_terms_then_kills_after_grace_and_is_idempotent(agent, workdir):

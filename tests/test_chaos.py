@@ -98,6 +98,10 @@ def test_chaos_jobs_survive_killed_processes_sshd_restart_link_cut_and_daemon_ki
     assert not wrong, f"jobs in the wrong final state: {wrong}"
     assert all(final[v]["host"] == where[v] for v in victims)
 
+    # ---- every job ran on one host only (a launch the daemon gave up on never runs beside its requeued self) -----
+    copies = {j: sorted(h for h, w in workdirs.items() if host_job_dir(w, j, hid).exists()) for j in all_jobs}
+    assert {j: hosts for j, hosts in copies.items() if hosts != [final[j]["host"]]} == {}
+
     # ---- no GPU ever ran two jobs at once ---------------------------------------------------------------------
     assert claim_violations(list(workdirs.values())) == {}
 

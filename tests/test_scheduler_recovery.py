@@ -1,13 +1,18 @@
 """Recovery through a real daemon over sshd hosts: a daemon restarted (after kill -9 or a clean stop) while jobs run
 reconciles them with their hosts and ingests them when they end, losing nothing; a host away longer than the
 grace (`arc daemon start --lost-after S`) has its jobs marked lost, and when it returns, the GPU those jobs still
-hold is not handed to anyone else until they really end."""
+hold is not handed to anyone else until they really end; a launch stuck in a connection the daemon gave up on never
+runs beside its requeued self."""
 from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
 from tests.daemon_support import (
-    TERMINAL, Arc, Gates, claim_violations, host_state, metric_job, metric_problems, wait_for,
+    TERMINAL, Arc, Gates, claim_violations, host_job_dir, host_state, metric_job, metric_problems, wait_for,
 )
 
 GPUS = [{"model": "H100", "memory_gb": 80}, {"model": "H100", "memory_gb": 80}]
@@ -113,3 +118,51 @@ def test_jobs_of_a_host_removed_from_hosts_yaml_are_lost_not_stuck(netns_factory
     assert arc.event_chain_problems() == []
     arc.stop()
     gates.open_all()
+
+
+def test_a_launch_stuck_in_a_dropped_connection_never_runs_beside_its_requeued_self(netns_factory, arcs, tmp_path):
+    """h1's agent stops reading (SIGSTOP) with a launch waiting in its input, as when a partition holds the bytes
+    back: the daemon gives that connection up, reconnects, finds no record of the job, and queues it again, and it
+    runs on h2. When the old agent process reads the launch at last, h1 refuses it: the daemon revoked it."""
+    fleet = netns_factory(2)
+    hosts_yaml = fleet.write_hosts_yaml(tmp_path / "hosts.yaml", [
+        fleet.host_entry("h1", simulate_gpus=[{"model": "H100", "memory_gb": 80}]),
+        fleet.host_entry("h2", simulate_gpus=[{"model": "H200", "memory_gb": 141}])])   # faster: preferred
+    arc = arcs(tmp_path / "state", hosts_yaml)
+    gates = Gates(tmp_path / "gates")
+    arc.start()
+    hid = arc.history_id()
+    [h2_busy] = arc.submit([gates.spec("h2-busy", requirements={"host": "h2"})])
+    wait_for(lambda: statuses(arc, [h2_busy]) == ["running"], 60, "h2's GPU to be taken")
+
+    old_agent = serve_pid(fleet.host("h1").workdir)
+    os.kill(old_agent, signal.SIGSTOP)
+    try:
+        [job] = arc.submit([metric_job(1, steps=2, pause_s=0.05)])      # h1's GPU is the only free one
+        wait_for(lambda: statuses(arc, [job]) == ["dispatching"], 30, "the launch to be sent to h1")
+        gates.open("h2-busy")       # so h2's faster GPU is free by the time the job is queued again
+        wait_for(lambda: statuses(arc, [job]) == ["succeeded"], 120, "the job to be queued again and run")
+    finally:
+        os.kill(old_agent, signal.SIGCONT)
+    wait_for(lambda: not os.path.exists(f"/proc/{old_agent}"), 30, "h1's old agent to read its input and exit")
+
+    assert arc.jobs([job])[job]["host"] == "h2"
+    assert not host_job_dir(fleet.host("h1").workdir, job, hid).exists()
+    arc.stop()
+    reasons = [r for (r,) in arc.read_history("SELECT reason FROM events WHERE job_id = ?", [job])]
+    assert "launch never reached h1; revoked there, queued again" in reasons
+    assert claim_violations([h.workdir for h in fleet.hosts]) == {}
+
+
+def serve_pid(workdir: Path) -> int:
+    """The agent's serve process for this workdir (not the spare supervisors it forked, which share its cmdline)."""
+    def cmdline(pid: str) -> list[str]:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            return []
+    serving = {pid for pid in os.listdir("/proc") if pid.isdigit()
+               and str(workdir) in cmdline(pid) and "serve" in cmdline(pid)}
+    parent = {pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] for pid in serving}
+    [pid] = [pid for pid in serving if parent[pid] not in serving]
+    return int(pid)
