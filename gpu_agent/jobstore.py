@@ -4,8 +4,9 @@
 metrics.jsonl. A job directory appears whole: it is built under a temporary name and renamed into place, so a
 directory named after a job always has its spec and first state.
 
-<workdir>/jobs/.revoked/<sha256 of a launch token>: launches the controller gave up on (revoke), refused if they
-arrive later. Creating a job and revoking a launch hold the same lock (jobs/.create.lock), so one of them wins.
+<workdir>/revoked_launches/<sha256 of a launch token>: launches the controller gave up on (revoke), refused if
+they arrive later. Creating a job and revoking a launch hold the same lock (<workdir>/jobs.lock), so one of them
+wins. Both live beside jobs/, which holds job directories only.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from .errors import AgentError
 from .protocol import TERMINAL_STATUSES, JobState
 
 JOBS_DIR = "jobs"
-REVOKED_DIR = ".revoked"
-CREATE_LOCK = ".create.lock"
+REVOKED_DIR = "revoked_launches"
+CREATE_LOCK = "jobs.lock"
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JOB_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
 
@@ -54,6 +55,7 @@ def read_json(path: Path) -> Any:
 
 class JobStore:
     def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.root = workdir / JOBS_DIR
 
     def path(self, job_id: str) -> Path:
@@ -99,7 +101,7 @@ class JobStore:
     @contextlib.contextmanager
     def _creating(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / CREATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.workdir / CREATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)      # released by the kernel if this process dies holding it
             yield
@@ -107,7 +109,7 @@ class JobStore:
             os.close(fd)
 
     def _revoked(self, token: str) -> Path:
-        return self.root / REVOKED_DIR / hashlib.sha256(token.encode()).hexdigest()
+        return self.workdir / REVOKED_DIR / hashlib.sha256(token.encode()).hexdigest()
 
     def spec(self, job_id: str) -> dict[str, Any]:
         try:

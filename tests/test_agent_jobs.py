@@ -136,6 +136,7 @@ def test_a_launch_revoked_through_another_connection_is_refused_when_it_arrives(
         answer = new.call("revoke_launch", job_id="r1", launch_token="tok-2")
         assert answer["revoked"] is False and answer["state"]["launch_token"] == "tok-2"
     assert [e["job_id"] for e in read_ledger(workdir / "claims.log") if e["op"] == "acquire"] == ["r1"]
+    assert os.listdir(workdir / "jobs") == ["r1"]       # job directories only: the revocations live beside it
 
 
 def test_revoking_and_launching_at_once_have_exactly_one_winner(workdir):
