@@ -450,9 +450,8 @@ def measured_micro_batch(seqs: int, micro_batch: int, peak_bytes: float, total_b
                if seqs % b == 0 and (b == micro_batch or peak_bytes * b / micro_batch <= 0.9 * total_bytes))
 
 
-def refine_micro_batch(memo: Path, seqs: int, micro_batch: int, device: torch.device) -> None:
+def refine_micro_batch(memo: Path, seqs: int, micro_batch: int, peak: int, device: torch.device) -> None:
     """Remember, for the later runs of this code and shape on this GPU, the micro-batch this run's peak allows."""
-    peak = torch.cuda.max_memory_allocated(device)
     total = torch.cuda.get_device_properties(device).total_memory
     better = measured_micro_batch(seqs, micro_batch, peak, total)
     reason = (f"measured: {peak / 2**30:.1f} GiB peak with {micro_batch} sequences, {total / 2**30:.1f} GiB card "
@@ -690,15 +689,15 @@ def train(cfg: Config, data_dir: Path) -> int:
     eval_s = time.time() - t_eval
     total_seconds = time.time() - T_START
     tok_per_s = timed_steps * cfg.total_batch_size / training_time if training_time else 0.0
-    peak_vram_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     if micro_batch_memo is not None:
-        refine_micro_batch(micro_batch_memo, seqs, micro_batch, device)
+        refine_micro_batch(micro_batch_memo, seqs, micro_batch, peak_bytes, device)
 
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")
     print(f"total_seconds:    {total_seconds:.1f}")
-    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
+    print(f"peak_vram_mb:     {peak_bytes / 2**20:.1f}")
     if peak_flops:
         print(f"mfu_percent:      {100 * flops_per_token * tok_per_s / peak_flops:.2f}")
     print(f"total_tokens_M:   {step * cfg.total_batch_size / 1e6:.1f}")
