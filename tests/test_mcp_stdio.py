@@ -53,20 +53,25 @@ async def fleet_ready(c, n_hosts: int) -> dict:
         await asyncio.sleep(0.5)
 
 
-async def test_every_tool_over_stdio_on_ssh_hosts(arc_env, netns_hosts):
+async def test_every_tool_over_stdio_on_ssh_hosts(arc_env, netns_hosts, tmp_path):
+    gate = tmp_path / "first-progress-came"     # the hosts' namespaces share this filesystem
     async with bridge(arc_env) as c:
         gpus = await fleet_ready(c, len(netns_hosts.hosts))
         assert sorted(h["name"] for h in gpus["hosts"]) == [h.name for h in netns_hosts.hosts]
         assert sum(len(h["gpus"]) for h in gpus["hosts"]) == 2 * len(netns_hosts.hosts)
 
         hostile = "; rm -rf / $(id) `hostname` && echo owned > /tmp/arc-owned"
-        spec = {"command": [sys.executable, "-c", "import sys; print(sys.argv[1:])", hostile],
-                "requirements": {"host": "h2"}}
+        # The job ends only once the wait has reported progress, so the wait really waits (a job that ended before
+        # its first check would get an answer with no progress, rightly).
+        code = f"import os, sys, time; print(sys.argv[1:], flush=True)\nwhile not os.path.exists({str(gate)!r}): " \
+               "time.sleep(0.05)"
+        spec = {"command": [sys.executable, "-c", code, hostile], "requirements": {"host": "h2"}}
         job = data(await c.call_tool("submit_jobs", {"jobs": [spec]}))["jobs"][0]
         progress = []
 
         async def on_progress(done, total, message):
             progress.append(done)
+            gate.touch()
 
         waited = data(await c.call_tool("wait_for_jobs", {"job_ids": [job["job_id"]], "timeout_s": 60},
                                         progress_callback=on_progress))
