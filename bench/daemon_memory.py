@@ -58,7 +58,7 @@ def one_run(state: Path, hosts_yaml: Path, run_jobs: int) -> dict[str, float]:
         out["after tool reads"] = rss_mb(pid)["VmRSS"]
         ids: list[str] = []
         for lo in range(0, run_jobs, 200):
-            ids += [j["job_id"] for j in client.call("submit_jobs", specs=[
+            ids += [j["job_id"] for j in client.call("submit_jobs", jobs=[
                 {"command": ["true"], "time_limit_s": 60}] * min(200, run_jobs - lo))["jobs"]]
         for lo in range(0, len(ids), 200):
             client.call("wait_for_jobs", timeout=700, job_ids=ids[lo:lo + 200], mode="all", timeout_s=600)

@@ -51,7 +51,7 @@ def one_run(client: DaemonClient, fleet: NetnsFleet, history_id: str, jobs: int,
     spec = {"command": ["sleep", f"{seconds:g}"], "time_limit_s": seconds + 60}
     ids: list[str] = []
     for lo in range(0, jobs, MAX_BATCH):
-        ids += [j["job_id"] for j in client.call("submit_jobs", specs=[spec] * min(MAX_BATCH, jobs - lo))["jobs"]]
+        ids += [j["job_id"] for j in client.call("submit_jobs", jobs=[spec] * min(MAX_BATCH, jobs - lo))["jobs"]]
     pending = list(ids)
     while pending:
         done = client.call("wait_for_jobs", timeout=700, job_ids=pending[:200], mode="all", timeout_s=600)

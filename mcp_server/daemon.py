@@ -23,27 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import ValidationError, validate_call
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import __version__
 from .hosts_config import load_hosts
+from .operations import OPERATIONS
 from .daemon_state import acquire_lock, ensure_token, read_info, socket_path
 from .paths import StatePaths, default_research_file
 from .research import load_research
 from .scheduler import SchedulerSettings
-from .service import ArcError, Service
+from .errors import ArcError
+from .service import Service
 
 log = logging.getLogger("arc.daemon")
-
-# Service operations the CLI may call over /rpc (the MCP tools are the other door to the same methods). `approve`
-# and `reload_research` are here and deliberately not MCP tools: lifting a checkpoint or loading a raised budget is
-# the person's act, through the owner-only socket.
-RPC_METHODS = ("list_gpus", "submit_jobs", "job_status", "list_jobs", "cancel_jobs", "tail_log", "wait_for_jobs",
-               "query_results", "append_hypothesis", "update_hypothesis", "list_hypotheses", "leaderboard", "digest",
-               "plot_runs", "describe_history", "research_status", "approve", "reload_research", "suggest_configs",
-               "compare_runs", "measure_noise", "diff_jobs", "rerun_job")
 
 
 def _bind_unix(path: Path) -> socket.socket:
@@ -96,21 +89,12 @@ def _rpc_error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        where = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "invalid arguments: " + "; ".join(parts)
-
-
 def build_app(service: Service, token: str, server_name: str = "arc"):
     from mcp.server.transport_security import TransportSecuritySettings
 
     from .tools import build_server
 
     mcp = build_server(service, name=server_name)
-    callers = {name: validate_call(getattr(service, name)) for name in RPC_METHODS}
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:
@@ -122,23 +106,21 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
         if method == "shutdown":
             os.kill(os.getpid(), signal.SIGTERM)
             return JSONResponse({"summary": "daemon stopping"})
-        fn = callers.get(method)
-        if fn is None:
-            return _rpc_error(f"unknown operation '{method}'; known: {', '.join(RPC_METHODS)}", 404)
+        op = OPERATIONS.get(method)
+        if op is None:
+            return _rpc_error(f"unknown operation '{method}'; known: {', '.join(OPERATIONS)}", 404)
         try:
             params = await request.json()
             if not isinstance(params, dict):
                 raise ValueError("the body must be a JSON object of arguments")
         except ValueError as e:
             return _rpc_error(f"bad request body: {e}")
+        # Over the owner-only socket the caller is the person, who says who they are (`arc` sends the user name).
+        by = params.pop(op.caller, None) if op.caller else None
         try:
-            result = await anyio.to_thread.run_sync(functools.partial(fn, **params))
+            result = await anyio.to_thread.run_sync(functools.partial(op.call, service, params, by=by))
         except ArcError as e:
             return _rpc_error(str(e))
-        except ValidationError as e:
-            return _rpc_error(_validation_message(e))
-        except TypeError as e:
-            return _rpc_error(f"bad arguments for {method}: {e}")
         except Exception:
             log.exception("rpc %s failed", method)
             return _rpc_error(f"internal error in {method}; the daemon log has the traceback", 500)

@@ -56,7 +56,7 @@ class DaemonClient:
             return self.info()
         self.paths.ensure()
         log = open(self.paths.daemon_log, "ab")
-        cmd = [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.paths.root),
+        cmd = [sys.executable, "-m", "mcp_server", "--state-dir", str(self.paths.root),
                "--hosts", str(Path(hosts_file).resolve())]
         if research_file is not None:
             cmd += ["--research", str(Path(research_file).resolve())]

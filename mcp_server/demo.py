@@ -136,7 +136,7 @@ class Person:
     console: Console
 
     async def approve(self, note: str) -> None:
-        argv = [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.paths.root), "--hosts",
+        argv = [sys.executable, "-m", "mcp_server", "--state-dir", str(self.paths.root), "--hosts",
                 str(self.hosts_file), "--research", str(self.paths.root / RULES_FILE), "approve", "--note", note]
         self.console.print(f"[bold magenta]person[/] $ arc approve --note {shlex.quote(note)}")
         proc = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=120,
@@ -480,7 +480,7 @@ def bridge_params(paths: StatePaths, hosts_file: Path) -> StdioServerParameters:
     """`arc mcp` for this state dir, fleet and the demo's research.yaml, as Claude Code would launch it (same
     interpreter)."""
     return StdioServerParameters(command=sys.executable, args=[
-        "-m", "mcp_server.cli", "--state-dir", str(paths.root), "--hosts", str(hosts_file),
+        "-m", "mcp_server", "--state-dir", str(paths.root), "--hosts", str(hosts_file),
         "--research", str(paths.root / RULES_FILE), "mcp"], env=repo_env())
 
 

@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 from .history import History, HistoryError
-from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id
-from .service import ArcError, iso, next_page
+from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
+from .errors import ArcError
 
 STATUSES = ("open", "supported", "refuted", "abandoned")
 MAX_TEXT = 2000

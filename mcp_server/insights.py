@@ -16,9 +16,9 @@ from typing import Any, Literal, Mapping
 
 from .history import History
 from .history.values import from_json, now, utc
-from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry
+from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry, iso
 from .research import Comparison, NoiseFloor, ResearchConfig, compare, search_health
-from .service import ArcError, iso
+from .errors import ArcError
 
 BASELINE_TAG = "baseline"
 CPU_CLASS = "cpu"

@@ -5,6 +5,7 @@ starts with a one-line `summary`, keeps its fields small, and names the obvious 
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ ACTIVE_STATUSES = ("queued", "held", "dispatching", "unconfirmed", "running", "u
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "timeout", "lost")
 JobStatusName = Literal["queued", "held", "dispatching", "unconfirmed", "running", "unknown",
                         "succeeded", "failed", "cancelled", "timeout", "lost"]
+HypothesisStatusName = Literal["open", "supported", "refuted", "abandoned"]
 
 
 class Strict(BaseModel):
@@ -308,3 +310,22 @@ class Suggestions(Result):
     preset: str | None = Field(None, description="the preset to submit them with")
     gpu_class: str | None = Field(None, description="the class whose history informed them: run them there")
     based_on: int = Field(0, description="finished runs of that class inside the search space")
+
+
+# ---- how values read in answers ---------------------------------------------------------------------------
+
+def iso(value: Any) -> str | None:
+    """A time as the agent reads it: UTC, to the second."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def next_page(tool: str, offset: int, **filters: Any) -> str:
+    """The call that fetches the next page, carrying the caller's filters (None: left out)."""
+    args = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v not in (None, []))
+    return f"{tool}({args + ', ' if args else ''}offset={offset})"

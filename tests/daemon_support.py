@@ -92,7 +92,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 
 
 class Arc:
-    """One state dir and its daemon: `cli(...)` runs `python -m mcp_server.cli`, `call(...)` the daemon's RPC."""
+    """One state dir and its daemon: `cli(...)` runs `python -m mcp_server`, `call(...)` the daemon's RPC."""
 
     def __init__(self, state_dir: Path, hosts_yaml: Path):
         self.state_dir = Path(state_dir)
@@ -101,7 +101,7 @@ class Arc:
         self.client = DaemonClient(self.paths)
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "mcp_server.cli", "--state-dir", str(self.state_dir),
+        return [sys.executable, "-m", "mcp_server", "--state-dir", str(self.state_dir),
                 "--hosts", str(self.hosts_yaml), *args]
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -131,7 +131,7 @@ class Arc:
         return self.client.call(method, timeout=timeout, **params)
 
     def submit(self, specs: list[dict]) -> list[str]:
-        return [j["job_id"] for j in self.call("submit_jobs", specs=specs)["jobs"]]
+        return [j["job_id"] for j in self.call("submit_jobs", jobs=specs)["jobs"]]
 
     def jobs(self, job_ids: list[str]) -> dict[str, dict]:
         out = {}

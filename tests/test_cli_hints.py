@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.cli import _subcommands, build_parser
-from mcp_server.cli_hints import COMMANDS, as_command_line
+from mcp_server.surfaces.cli import build_parser, subcommands
+from mcp_server.surfaces.cli.hints import COMMANDS, as_command_line
 
 
 @pytest.mark.parametrize("hint, shown", [
@@ -43,7 +43,7 @@ def test_hints_read_as_command_lines(hint: str, shown: str) -> None:
 
 
 def test_every_command_and_option_is_one_arc_has() -> None:
-    parsers = {command.prog: command for command in _subcommands(build_parser())}
+    parsers = {command.prog: command for command in subcommands(build_parser())}
     for tool, (command, options) in COMMANDS.items():
         prog = max((p for p in parsers if command == p or command.startswith(p + " ")), key=len, default=None)
         assert prog, f"{tool}: arc has no command {command!r}"

@@ -85,7 +85,7 @@ def test_arc_hosts_check_prints_the_table_or_json_and_exits_by_readiness(tmp_pat
     broken = write_hosts_yaml(tmp_path / "broken.yaml", [local_host_entry(tmp_path / "local", python="/no/python")])
 
     def arc(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mcp_server.cli", *args], cwd=tmp_path, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "mcp_server", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=TORCH_TIMEOUT, env={**os.environ, "COLUMNS": "200"})
 
     table = arc("hosts", "check", "--hosts", str(good))

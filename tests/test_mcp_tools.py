@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from mcp_server.cli_hints import COMMANDS
+from mcp_server.surfaces.cli.hints import COMMANDS
 from mcp_server.hosts_config import load_hosts
 from mcp_server.paths import StatePaths
 from mcp_server.service import Service

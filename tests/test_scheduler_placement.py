@@ -127,7 +127,7 @@ def test_impossible_jobs_are_refused_at_submission_with_the_reason(run, args, re
     assert f"nothing submitted; job 0: can never run: {reason}" in proc.stderr
     # A batch with one impossible job submits nothing either.
     with pytest.raises(DaemonError, match="nothing submitted; job 1: can never run"):
-        arc.call("submit_jobs", specs=[gates.spec("x"), {"command": ["true"], "requirements": {"gpu_class": "H300"}}])
+        arc.call("submit_jobs", jobs=[gates.spec("x"), {"command": ["true"], "requirements": {"gpu_class": "H300"}}])
     assert arc.call("list_jobs", limit=1)["total"] == before
 
 

@@ -10,7 +10,7 @@
 from .checkpoints import Approval, approve, checkpoint_due, checkpoint_state
 from .config import ResearchConfig, ResearchConfigError, load_research, parse_research
 from .guard import Allowance, GuardError, Guardrails, GuardStatus, check_submission, job_times, pause_prefix
-from .hangs import hang_reason
+from .hangs import HangWatch
 from .health import search_health
 from .snapshot_diff import JobDiff, diff_jobs
 from .stats import NOISE_TAG, Comparison, NoiseFloor, Sides, compare, compare_jobs, noise_floors
@@ -23,5 +23,5 @@ __all__ = [
     "Guardrails", "GuardError", "GuardStatus", "Allowance", "check_submission", "job_times", "pause_prefix",
     "Approval", "approve", "checkpoint_due", "checkpoint_state", "Prices", "Usage", "measure_usage",
     "Comparison", "NoiseFloor", "NOISE_TAG", "Sides", "compare", "compare_jobs", "noise_floors",
-    "suggest_configs", "warm_trials", "Triage", "triage", "search_health", "hang_reason", "JobDiff", "diff_jobs",
+    "suggest_configs", "warm_trials", "Triage", "triage", "search_health", "HangWatch", "JobDiff", "diff_jobs",
 ]

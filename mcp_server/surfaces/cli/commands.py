@@ -1,0 +1,178 @@
+"""`arc`'s commands that are not service operations: checking the hosts, running the daemon, preparing the data,
+the demo and the stdio bridge for Claude Code."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ...paths import StatePaths, hosts_file
+from .reach import CliError, check_hosts_file, client, research_file, state_paths
+from .render import console, emit
+
+
+def add_commands(sub) -> None:
+    """The commands that are not operations of the service: the fleet's hosts, the daemon, the data, the demo,
+    the stdio bridge."""
+    hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="hosts_action", required=True)
+    hosts.add_parser("check", help="bootstrap every host and report its readiness").set_defaults(fn=cmd_hosts_check)
+
+    d = sub.add_parser("daemon", help="the controller daemon: start | stop | restart (after editing hosts.yaml) | "
+                                      "status")
+    d.add_argument("action", choices=["start", "stop", "restart", "status"])
+    d.add_argument("--foreground", action="store_true", help="run in this process (what the background start runs)")
+    d.add_argument("--port", type=int, help="loopback HTTP port for MCP (default: the last one, else a free one)")
+    d.add_argument("--lost-after", type=_positive_seconds, metavar="S",
+                   help="grace before the jobs of an unreachable host are marked lost (default 600 s; applies when "
+                        "this command starts the daemon)")
+    d.set_defaults(fn=cmd_daemon)
+
+    dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client "
+                                     "(state dir default ./.arc-demo)")
+    dm.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
+    dm.add_argument("--keep-daemon", action="store_true", help="leave the demo's daemon running at the end")
+    dm.set_defaults(fn=cmd_demo)
+
+    data = sub.add_parser("data", help="the trainer's dataset").add_subparsers(dest="data_action", required=True)
+    dp = data.add_parser("prepare", help="tokenize a corpus (python -m trainer.prepare) and make it current")
+    dp.add_argument("--source", default="stdlib",
+                    help="stdlib (Python's own source, the default), a glob of text files, or of parquet shards")
+    dp.add_argument("--vocab-size", type=int, default=8192)
+    dp.add_argument("--max-bytes", type=int, help="cap on the corpus size")
+    dp.set_defaults(fn=cmd_data_prepare)
+
+    m = sub.add_parser("mcp", help="MCP over stdio, for Claude Code (starts the daemon if needed)")
+    m.set_defaults(fn=cmd_mcp)
+
+
+def cmd_hosts_check(args) -> int:
+    import dataclasses
+
+    from ...fleet.bootstrap import check_hosts
+    from ...fleet.report import check_hosts_live
+    from ...hosts_config import HostsConfigError, load_hosts
+
+    try:
+        hosts = load_hosts(hosts_file(args.hosts))
+    except HostsConfigError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        results = check_hosts(hosts)
+        ready = sum(r.ready for r in results)
+        print(json.dumps({"summary": f"{ready}/{len(results)} hosts ready",
+                          "hosts": [dataclasses.asdict(r) for r in results]}, default=str))
+    else:
+        results = check_hosts_live(hosts, console())
+    return 0 if all(r.ready for r in results) else 1
+
+
+def cmd_daemon(args) -> int:
+    from ...daemon_client import DaemonClient
+
+    paths = state_paths(args)
+    daemon = DaemonClient(paths)
+    if args.action == "restart":        # e.g. after editing hosts.yaml: running jobs are kept and reconciled
+        daemon.stop()
+        args.action = "start"
+    if args.action == "start":
+        if args.foreground:
+            from ...daemon import serve
+            from ...daemon_state import DaemonRunning
+
+            _setup_daemon_logging(paths)
+            hosts = hosts_file(args.hosts)
+            check_hosts_file(hosts)
+            settings = None
+            if args.lost_after is not None:
+                from ...scheduler import SchedulerSettings
+
+                settings = SchedulerSettings(lost_after_s=args.lost_after)
+            try:
+                serve(args.state_dir, hosts, research_file(args), port=args.port, settings=settings)
+            except DaemonRunning as e:
+                raise CliError(str(e)) from None
+            return 0
+        daemon_args = [] if args.port is None else ["--port", str(args.port)]
+        if args.lost_after is not None:
+            daemon_args += ["--lost-after", f"{args.lost_after:g}"]
+        if daemon_args and daemon.running():
+            print(f"arc: a daemon already runs; {' '.join(daemon_args)} applies when it is started again "
+                  "(arc daemon stop, then start)", file=sys.stderr)
+        info = client(args, daemon_args=tuple(daemon_args)).info()
+        emit(args, info, lambda c, d: c.print(f"daemon pid {d['pid']} serving {d['socket']} and "
+                                              f"http://127.0.0.1:{d['port']}/mcp"))
+        return 0
+    if args.action == "stop":
+        stopped = daemon.stop()
+        emit(args, {"stopped": stopped}, lambda c, d: c.print("daemon stopped" if d["stopped"] else "no daemon runs"))
+        return 0
+    info = daemon.info() if daemon.running() else {}
+    emit(args, {"running": bool(info), **info},
+         lambda c, d: c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp, "
+                              f"log {d.get('log', paths.daemon_log)}" if d["running"]
+                              else f"no daemon runs for {paths.root}"))
+    return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds > 0, e.g. --lost-after 60")
+    return value
+
+
+def _setup_daemon_logging(paths: StatePaths) -> None:
+    logging.basicConfig(level=os.environ.get("ARC_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_data_prepare(args) -> int:
+    from ...datasets import DatasetError, prepare_dataset
+
+    prepare_args = ["--source", args.source, "--vocab-size", str(args.vocab_size)]
+    if args.max_bytes is not None:
+        prepare_args += ["--max-bytes", str(args.max_bytes)]
+    try:
+        with console().status(f"preparing the trainer's data from {args.source}"):
+            digest, facts = prepare_dataset(state_paths(args).ensure(), prepare_args)
+    except DatasetError as e:
+        raise CliError(str(e)) from None
+    emit(args, {"data_hash": digest, **facts},
+         lambda c, d: c.print(f"dataset {d['data_hash'][:12]} is now current: {d['train_tokens']:,} training "
+                              f"tokens, vocabulary {d['vocab_size']}; new trainer jobs use it"))
+    return 0
+
+
+def cmd_mcp(args) -> int:
+    from ...bridge import run
+    from ...daemon_client import DaemonError
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    hosts = hosts_file(args.hosts)
+    check_hosts_file(hosts)
+    try:
+        run(state_paths(args), hosts, research_file(args))
+    except DaemonError as e:           # the daemon cannot start: say why instead of a traceback
+        raise CliError(str(e)) from None
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ...demo import DEFAULT_STATE_DIR, DemoError, run_demo
+
+    hosts = hosts_file(args.hosts)
+    if not hosts.exists():
+        raise CliError(f"hosts file {hosts} not found; run the demo from the repository (its hosts.yaml describes "
+                       "this machine) or pass --hosts FILE")
+    check_hosts_file(hosts)
+    try:
+        run_demo(args.state_dir or DEFAULT_STATE_DIR, hosts.resolve(), steps=args.steps,
+                 keep_daemon=args.keep_daemon)
+    except DemoError as e:
+        raise CliError(str(e)) from None
+    return 0
