@@ -310,11 +310,11 @@ def _between(lo: int, hi: int) -> Rule:
     return rule
 
 
-def _seconds(minimum_excluded: bool) -> Rule:
+def _seconds(above_zero: bool) -> Rule:
     def rule(v: float) -> float:
-        if (v > 0 if minimum_excluded else v >= 0) and math.isfinite(v):
+        if (v > 0 if above_zero else v >= 0) and math.isfinite(v):
             return float(v)
-        raise ValueError(f"must be a number {'>' if minimum_excluded else '>='} 0 (seconds)")
+        raise ValueError(f"must be a number {'>' if above_zero else '>='} 0 (seconds)")
     return rule
 
 

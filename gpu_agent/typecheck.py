@@ -53,7 +53,7 @@ def check(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
         raise Mismatch(f"{path}: expected float, got {_got(value)}")
-    if tp is type(None) or tp is None:
+    if tp is type(None):
         if value is None:
             return value
         raise Mismatch(f"{path}: expected null, got {_got(value)}")
@@ -102,7 +102,7 @@ def _expect(value: Any, cls: type, path: str, tp: Any) -> None:
 def _name(tp: Any) -> str:
     if _is_typeddict(tp):
         return "object"
-    if tp is type(None) or tp is None:
+    if tp is type(None):
         return "null"
     origin = typing.get_origin(tp)
     if origin is list:
