@@ -125,24 +125,3 @@ class Claims:
             except FileNotFoundError:
                 pass
 
-
-def read_ledger(path: Path) -> list[LedgerEntry]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
-
-
-def ledger_violations(entries: list[LedgerEntry]) -> list[str]:
-    """Every place, in file order, where a resource was acquired while held or released by a non-holder."""
-    holder: dict[str, str] = {}
-    problems = []
-    for n, e in enumerate(entries):
-        resource, job = e["resource"], e["job_id"]
-        if e["op"] == "acquire":
-            if resource in holder:
-                problems.append(f"line {n + 1}: {job} acquired {resource} while {holder[resource]} held it")
-            holder[resource] = job
-        elif holder.get(resource) != job:
-            problems.append(f"line {n + 1}: {job} released {resource} held by {holder.get(resource)}")
-        else:
-            del holder[resource]
-    return problems

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AgentError
+from .errors import AgentRefusal
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +56,10 @@ class AgentProcess:
         return self.wait_for(lambda: self._responses.pop(rid, None), timeout, f"no answer to {op}")
 
     def call(self, op: str, timeout: float = 10.0, **params: Any) -> Any:
-        """The result of a successful op; an error response raises AgentError."""
+        """The result of a successful op; an error response raises AgentRefusal."""
         response = self.request(op, params, timeout)
         if not response["ok"]:
-            raise AgentError(response["error"]["code"], response["error"]["message"])
+            raise AgentRefusal(response["error"]["code"], response["error"]["message"])
         return response["result"]
 
     def event(self, kind: str, job_id: str, timeout: float = 10.0) -> tuple[float, dict[str, Any]]:

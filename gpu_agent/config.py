@@ -32,33 +32,33 @@ class SimulatedGpu:
 
 
 @dataclass(frozen=True)
-class HostConfig:
+class AgentConfig:
     gpus: tuple[int, ...] | None = None          # None: all GPUs NVML sees
     simulate_gpus: tuple[SimulatedGpu, ...] | None = None
     cpu_slots: int = max(1, (os.cpu_count() or 2) // 2)
     preload: tuple[str, ...] | None = None       # None: the default for the host (warm.preload_modules)
 
 
-def load_config(workdir: Path) -> HostConfig:
+def load_config(workdir: Path) -> AgentConfig:
     path = workdir / CONFIG_FILE
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        return HostConfig()
+        return AgentConfig()
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read it as JSON ({e}); rewrite it with `arc hosts check`") from e
     return parse_config(raw, str(path))
 
 
-def parse_config(raw: Any, where: str = CONFIG_FILE) -> HostConfig:
+def parse_config(raw: Any, where: str = CONFIG_FILE) -> AgentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     unknown = set(raw) - {"gpus", "simulate_gpus", "cpu_slots", "preload"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: gpus, simulate_gpus, cpu_slots, "
                           "preload")
-    default = HostConfig()
-    return HostConfig(
+    default = AgentConfig()
+    return AgentConfig(
         gpus=_gpus(raw.get("gpus", "all"), where),
         simulate_gpus=_simulated(raw.get("simulate_gpus"), where),
         cpu_slots=_cpu_slots(raw.get("cpu_slots"), default.cpu_slots, where),

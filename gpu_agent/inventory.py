@@ -8,7 +8,7 @@ import socket
 from typing import Any, NamedTuple
 
 from .claims import Claims, cpu_resource, gpu_resource
-from .config import ConfigError, HostConfig
+from .config import AgentConfig, ConfigError
 from .protocol import GpuInfo, GpuProcess, Inventory
 
 
@@ -84,7 +84,7 @@ def _text(value: str | bytes) -> str:
 class Gpus:
     """The GPUs jobs may claim on this host, per agent.json: the simulated ones when declared, else NVML's."""
 
-    def __init__(self, config: HostConfig, nvml: Nvml) -> None:
+    def __init__(self, config: AgentConfig, nvml: Nvml) -> None:
         self.config = config
         self.nvml = nvml
         self._devices: list[Device] | None = None

@@ -15,30 +15,17 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from . import procs
-from .errors import AgentError
-from .protocol import TERMINAL_STATUSES, JobState
+from .errors import AgentRefusal
+from .protocol import TERMINAL_STATUSES, JobState, check_host_job_id
 
 JOBS_DIR = "jobs"
 REVOKED_DIR = "revoked_launches"
 CREATE_LOCK = "jobs.lock"
-JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-JOB_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
-
-
-def valid_job_id(job_id: Any) -> bool:
-    return isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id) is not None
-
-
-def check_job_id(job_id: Any) -> str:
-    if not valid_job_id(job_id):
-        raise AgentError("bad_request", f"job_id must be {JOB_ID_RULE}, got {job_id!r}")
-    return job_id
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -59,7 +46,10 @@ class JobStore:
         self.root = workdir / JOBS_DIR
 
     def path(self, job_id: str) -> Path:
-        return self.root / check_job_id(job_id)
+        try:
+            return self.root / check_host_job_id(job_id)
+        except ValueError as e:
+            raise AgentRefusal("bad_request", f"job_id {e}, got {job_id!r}") from None
 
     def exists(self, job_id: str) -> bool:
         return (self.path(job_id) / "spec.json").exists()
@@ -79,8 +69,8 @@ class JobStore:
         with self._creating():
             if self._revoked(spec["launch_token"]).exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise AgentError("launch_revoked", f"this launch of job {job_id} arrived after the controller had "
-                                                   "revoked it (it had queued the job again): nothing was started")
+                raise AgentRefusal("launch_revoked", f"this launch of job {job_id} arrived after the controller had "
+                                                     "revoked it (it had queued the job again): nothing was started")
             try:
                 os.rename(tmp, self.path(job_id))
                 return True
@@ -115,13 +105,13 @@ class JobStore:
         try:
             return read_json(self.path(job_id) / "spec.json")
         except FileNotFoundError:
-            raise AgentError("unknown_job", f"no job {job_id} on this host") from None
+            raise AgentRefusal("unknown_job", f"no job {job_id} on this host") from None
 
     def raw_state(self, job_id: str) -> JobState:
         try:
             return read_json(self.path(job_id) / "state.json")
         except FileNotFoundError:
-            raise AgentError("unknown_job", f"no job {job_id} on this host") from None
+            raise AgentRefusal("unknown_job", f"no job {job_id} on this host") from None
 
     def write_state(self, job_id: str, state: JobState) -> None:
         write_json_atomic(self.path(job_id) / "state.json", state)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from . import supervisor, warm
 from .claims import Claims, gpu_resource
-from .errors import AgentError
+from .errors import AgentRefusal
 from .inventory import Gpus
 from .jobstore import JobStore
 from .protocol import JobState
@@ -113,7 +113,7 @@ class Launcher:
         if error == "exists" or (error == "claim_conflict" and line.get("holder") == job_id):
             # The same launch raced with itself (a retry through a second session): the first one is the job.
             return _wait_existing(self.store, job_id, p["launch_token"]), None
-        raise AgentError(error, line["message"])
+        raise AgentRefusal(error, line["message"])
 
     def _hand_over(self, spare: _Spare, plan: bytes, job_id: str) -> tuple[dict[str, Any], bytes] | None:
         """Give the plan to the spare and read its first answer; None if it died without leaving any trace."""
@@ -142,7 +142,7 @@ class Launcher:
         except OSError as e:
             for fd in (plan_r, plan_w, events_r, events_w):
                 os.close(fd)
-            raise AgentError("launch_failed", f"cannot fork a supervisor: {e.strerror or e}") from None
+            raise AgentRefusal("launch_failed", f"cannot fork a supervisor: {e.strerror or e}") from None
         if pid == 0:
             status = 70         # EX_SOFTWARE, should the supervisor itself raise
             try:
@@ -171,11 +171,11 @@ def _write_all(fd: int, data: bytes) -> None:
 def _existing(store: JobStore, job_id: str, token: str) -> JobState | None:
     try:
         spec = store.spec(job_id)
-    except AgentError:
+    except AgentRefusal:
         return None
     if spec["launch_token"] != token:
-        raise AgentError("job_exists", f"job {job_id} already exists on this host with another launch token; "
-                                       "a new launch needs a new job id")
+        raise AgentRefusal("job_exists", f"job {job_id} already exists on this host with another launch token; "
+                                         "a new launch needs a new job id")
     return store.state(job_id)
 
 
@@ -183,8 +183,8 @@ def _wait_existing(store: JobStore, job_id: str, token: str) -> JobState:
     deadline = time.monotonic() + DUPLICATE_WAIT_S
     while (state := _existing(store, job_id, token)) is None:
         if time.monotonic() > deadline:
-            raise AgentError("claim_conflict", f"job {job_id} is being launched by another request; "
-                                               "ask for its status")
+            raise AgentRefusal("claim_conflict", f"job {job_id} is being launched by another request; "
+                                                 "ask for its status")
         time.sleep(0.01)
     return state
 
@@ -193,13 +193,14 @@ def _plan(workdir: Path, gpus: Gpus, p: dict[str, Any]) -> supervisor.JobPlan:
     devices = gpus.by_index()
     missing = [i for i in p["gpus"] if i not in devices]
     if missing:
-        raise AgentError("no_such_gpu", f"GPU index(es) {missing} not on this host; it has {sorted(devices) or 'none'}")
+        raise AgentRefusal("no_such_gpu",
+                           f"GPU index(es) {missing} not on this host; it has {sorted(devices) or 'none'}")
     if not p["gpus"] and gpus.config.cpu_slots == 0:
-        raise AgentError("claim_conflict", "this host takes no CPU-only jobs (cpu_slots is 0 in agent.json)")
+        raise AgentRefusal("claim_conflict", "this host takes no CPU-only jobs (cpu_slots is 0 in agent.json)")
     cwd = (workdir / p["cwd"]).resolve() if p["cwd"] else workdir.resolve()
     if not cwd.is_dir():
-        raise AgentError("bad_request", f"cwd {p['cwd']!r} is not a directory on this host ({cwd}); "
-                                        "push the code first or pass an existing directory")
+        raise AgentRefusal("bad_request", f"cwd {p['cwd']!r} is not a directory on this host ({cwd}); "
+                                          "push the code first or pass an existing directory")
     chosen = [devices[i] for i in p["gpus"]]
     simulated = any(d.simulated for d in chosen)
     cache = workdir / CACHE_DIR
@@ -229,8 +230,9 @@ def _handshake(fd: int, job_id: str) -> tuple[dict[str, Any] | None, bytes]:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             os.close(fd)
-            raise AgentError("launch_failed", f"the supervisor of {job_id} did not answer in {HANDSHAKE_TIMEOUT_S:g}s; "
-                                              "the job may still start: ask for its status before launching again")
+            raise AgentRefusal("launch_failed",
+                               f"the supervisor of {job_id} did not answer in {HANDSHAKE_TIMEOUT_S:g}s; "
+                               "the job may still start: ask for its status before launching again")
         chunk = os.read(fd, 4096)
         if not chunk:
             return None, b""

@@ -10,7 +10,9 @@ lines (no `id`, an `event` key) at any time, e.g. when a job it watches ends and
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+from typing import Any, Callable, Literal
 
 try:  # pydantic (controller side) only accepts typing_extensions' TypedDict before Python 3.12
     from typing_extensions import TypedDict
@@ -30,6 +32,18 @@ MAX_METRICS_BYTES = 1 << 20
 MAX_LIST_LIMIT = 500
 MAX_STATUS_IDS = 1_000
 MAX_REQUEST_BYTES = 4 << 20
+
+# Job ids on the host: the controller sends `<history job id>-<history id>` (e.g. "j17-4f2a"), people and tests
+# any short name. One rule, here, for every place that takes one (it also names a directory: no "/" or "..").
+HOST_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HOST_JOB_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
+
+
+def check_host_job_id(value: Any) -> str:
+    if isinstance(value, str) and HOST_JOB_ID.fullmatch(value):
+        return value
+    raise ValueError(f"must be {HOST_JOB_ID_RULE}")
+
 
 JobStatus = Literal["starting", "running", "succeeded", "failed", "cancelled", "timeout", "lost"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timeout", "lost"})
@@ -54,7 +68,8 @@ ErrorCode = Literal[
 class Request(TypedDict, total=False):
     id: int
     op: Op
-    params: dict[str, Any]     # unknown keys are refused with bad_request (they are typos)
+    params: dict[str, Any]     # checked against PARAMS[op] and PARAM_RULES; unknown keys are refused with
+                               # bad_request (they are typos); a null value means the key is absent (its default)
 
 
 class ErrorInfo(TypedDict):
@@ -135,17 +150,20 @@ class Hello(TypedDict):
 
 # ---- jobs ------------------------------------------------------------------------------------------------
 
-class LaunchParams(TypedDict, total=False):
-    job_id: str                # required; short stable id from the controller, e.g. "j17"; [A-Za-z0-9_-]{1,64}
-    launch_token: str          # required; unique per intent; a retried launch with the same token returns the same
+class _LaunchRequired(TypedDict):
+    job_id: str                # a host job id (check_host_job_id)
+    launch_token: str          # unique per intent; a retried launch with the same token returns the same
                                # job (its current state), the same job_id with another token is job_exists
-    argv: list[str]            # required, non-empty; never run through a shell
+    argv: list[str]            # non-empty; never run through a shell
+    time_limit_s: float        # > 0: the whole process group is killed past it (status "timeout")
+
+
+class LaunchParams(_LaunchRequired, total=False):
     env: dict[str, str]        # added to the agent's environment; ARC_* and CUDA_* set by the agent win
     cwd: str                   # absolute, or relative to the workdir (e.g. "code/<sha256>"); default: the workdir
     gpus: list[int]            # GPU indices to claim, all or nothing; empty or absent: a CPU-only job
     cpu_slot: bool             # default: true exactly when gpus is empty (every job holds a claim)
-    time_limit_s: float        # required, > 0: the whole process group is killed past it (status "timeout")
-    kill_grace_s: float        # SIGTERM, then SIGKILL after this many seconds; default 10
+    kill_grace_s: float        # SIGTERM, then SIGKILL after this many seconds
 # The job sees CUDA_VISIBLE_DEVICES (claimed indices; "" for CPU-only jobs and simulated GPUs),
 # CUDA_DEVICE_ORDER=PCI_BUS_ID, ARC_JOB_ID, ARC_CACHE_DIR=<workdir>/cache, ARC_GPU_MODEL (the first claimed GPU's
 # name, "" for CPU-only jobs) and PYTHONUNBUFFERED=1 unless env sets it.
@@ -197,12 +215,12 @@ class MetricsResult(TypedDict):
     more: bool                 # more complete records exist past next_seq
 
 
-# ---- op parameters and results (ops without params take {}) ---------------------------------------------------
-# hello → Hello; inventory → Inventory; launch(LaunchParams) → JobState; cancel(JobRef) → JobState (SIGTERM to the
-# group now, SIGKILL after kill_grace_s; idempotent; a job_ended event follows); tail(TailParams) → TailResult;
-# metrics(MetricsParams) → MetricsResult; status(StatusParams) → StatusResult; list(ListParams) → ListResult;
-# claims → ClaimsResult; release_stale(JobRef) → ReleaseStaleResult; revoke_launch(RevokeParams) → RevokeResult;
-# shutdown → {"stopping": true}.
+# ---- op parameters and results: PARAMS and RESULTS below say which op takes and answers which ---------------
+# cancel: SIGTERM to the group now, SIGKILL after kill_grace_s; idempotent; a job_ended event follows.
+
+class NoParams(TypedDict):
+    pass
+
 
 class JobRef(TypedDict):
     job_id: str
@@ -218,8 +236,8 @@ class StatusResult(TypedDict):
 
 
 class ListParams(TypedDict, total=False):
-    limit: int                 # default 50, at most MAX_LIST_LIMIT
-    offset: int                # default 0
+    limit: int
+    offset: int
 
 
 class ListResult(TypedDict):
@@ -228,17 +246,15 @@ class ListResult(TypedDict):
     next_offset: int | None    # None on the last page
 
 
-class TailParams(TypedDict, total=False):
-    job_id: str                # required
-    lines: int                 # the last N lines (default 80); ignored when offset is given
+class TailParams(JobRef, total=False):
+    lines: int                 # the last N lines; ignored when offset is given
     offset: int                # read forward from this byte offset instead
-    max_bytes: int             # default 65536, at most MAX_TAIL_BYTES
+    max_bytes: int
 
 
-class MetricsParams(TypedDict, total=False):
-    job_id: str                # required
-    from_seq: int              # default 0
-    limit: int                 # default 1000, at most MAX_METRICS_RECORDS (also cut at MAX_METRICS_BYTES)
+class MetricsParams(JobRef, total=False):
+    from_seq: int
+    limit: int                 # records; an answer is also cut at MAX_METRICS_BYTES
 
 
 class ClaimsResult(TypedDict):
@@ -264,6 +280,95 @@ class ReleaseStaleResult(TypedDict):
     released: list[str]        # resources freed
     killed: list[int]          # orphaned job processes that were still alive and got SIGKILL
     state: JobState | None     # None when the claim's job never got a job directory
+
+
+class ShutdownResult(TypedDict):
+    stopping: bool
+
+
+PARAMS: dict[Op, type] = {
+    "hello": NoParams, "inventory": NoParams, "launch": LaunchParams, "status": StatusParams, "list": ListParams,
+    "cancel": JobRef, "tail": TailParams, "metrics": MetricsParams, "claims": NoParams, "release_stale": JobRef,
+    "revoke_launch": RevokeParams, "shutdown": NoParams}
+
+RESULTS: dict[Op, type] = {
+    "hello": Hello, "inventory": Inventory, "launch": JobState, "status": StatusResult, "list": ListResult,
+    "cancel": JobState, "tail": TailResult, "metrics": MetricsResult, "claims": ClaimsResult,
+    "release_stale": ReleaseStaleResult, "revoke_launch": RevokeResult, "shutdown": ShutdownResult}
+
+
+# ---- what the types cannot say: per params type and key, a rule that takes the well-typed value and returns the
+# value to use, or raises ValueError saying what it must be; then the defaults of absent optional keys ------------
+Rule = Callable[[Any], Any]
+
+
+def _between(lo: int, hi: int) -> Rule:
+    def rule(v: int) -> int:
+        if lo <= v <= hi:
+            return v
+        raise ValueError(f"must be an integer from {lo} to {hi}")
+    return rule
+
+
+def _seconds(above_zero: bool) -> Rule:
+    def rule(v: float) -> float:
+        if (v > 0 if above_zero else v >= 0) and math.isfinite(v):
+            return float(v)
+        raise ValueError(f"must be a number {'>' if above_zero else '>='} 0 (seconds)")
+    return rule
+
+
+def _token(v: str) -> str:
+    if 0 < len(v) <= 128:
+        return v
+    raise ValueError("must be a string of 1-128 characters")
+
+
+def _argv(v: list[str]) -> list[str]:
+    if v and v[0]:
+        return v
+    raise ValueError("must be a non-empty list of strings (the command, never run through a shell)")
+
+
+def _env(v: dict[str, str]) -> dict[str, str]:
+    if all(k and "=" not in k for k in v):
+        return v
+    raise ValueError("must be an object of string names (without '=') to string values")
+
+
+def _gpu_indices(v: list[int]) -> list[int]:
+    if all(i >= 0 for i in v) and len(set(v)) == len(v):
+        return sorted(v)
+    raise ValueError("must be a list of distinct GPU indices >= 0")
+
+
+def _host_job_ids(v: list[str]) -> list[str]:
+    if len(v) > MAX_STATUS_IDS:
+        raise ValueError(f"must be a list of at most {MAX_STATUS_IDS} job ids")
+    return [check_host_job_id(j) for j in v]
+
+
+_OFFSET = _between(0, 1 << 62)
+
+PARAM_RULES: dict[type, dict[str, Rule]] = {
+    LaunchParams: {"job_id": check_host_job_id, "launch_token": _token, "argv": _argv, "env": _env,
+                   "gpus": _gpu_indices, "time_limit_s": _seconds(True), "kill_grace_s": _seconds(False)},
+    JobRef: {"job_id": check_host_job_id},
+    RevokeParams: {"job_id": check_host_job_id, "launch_token": _token},
+    StatusParams: {"job_ids": _host_job_ids},
+    ListParams: {"limit": _between(1, MAX_LIST_LIMIT), "offset": _OFFSET},
+    TailParams: {"job_id": check_host_job_id, "lines": _between(1, MAX_TAIL_LINES), "offset": _OFFSET,
+                 "max_bytes": _between(1, MAX_TAIL_BYTES)},
+    MetricsParams: {"job_id": check_host_job_id, "from_seq": _OFFSET, "limit": _between(1, MAX_METRICS_RECORDS)},
+}
+
+PARAM_DEFAULTS: dict[type, dict[str, Any]] = {
+    LaunchParams: {"env": {}, "cwd": "", "gpus": [], "cpu_slot": None, "kill_grace_s": 10.0},
+    StatusParams: {"job_ids": None},
+    ListParams: {"limit": 50, "offset": 0},
+    TailParams: {"lines": 80, "offset": None, "max_bytes": 65536},
+    MetricsParams: {"from_seq": 0, "limit": 1000},
+}
 
 
 # ---- the claim ledger: <workdir>/claims.log, one JSON line per acquire and per release ---------------------

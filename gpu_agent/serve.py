@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procs
-from .errors import AgentError
+from .errors import AgentRefusal
 from .launcher import Watch
 from .ops import Agent
 from .protocol import MAX_REQUEST_BYTES, TERMINAL_STATUSES
@@ -165,7 +165,7 @@ class Server:
     def _state(self, job_id: str) -> dict[str, Any] | None:
         try:
             return self.agent.store.state(job_id)
-        except AgentError:
+        except AgentRefusal:
             return None     # claimed a moment ago by a launch still creating its job directory
         except (OSError, ValueError) as e:
             log.error("cannot read the state of %s: %s", job_id, e)

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import procs, warm
 from .claims import ClaimConflict, Claims
-from .errors import AgentError
+from .errors import AgentRefusal
 from .jobstore import JobStore
 from .metrics import MetricsParser
 from .protocol import JobState
@@ -196,7 +196,7 @@ class Supervisor:
         try:
             created = self.store.create(plan.job_id, {**plan.spec, "created_at": now}, self.state)
             refusal = None if created else {"error": "exists"}
-        except AgentError as e:     # launch_revoked
+        except AgentRefusal as e:     # launch_revoked
             refusal = {"error": e.code, "message": e.message}
         if refusal is not None:
             self.claims.rollback(self.resources)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import AgentError
+from .errors import AgentRefusal
 from .protocol import TailResult
 
 BLOCK = 1 << 16
@@ -22,7 +22,7 @@ def tail(path: Path, job_id: str, lines: int, offset: int | None, max_bytes: int
             end = size
         else:
             if offset > size:
-                raise AgentError("bad_request", f"tail: offset {offset} is past the end of the log ({size} bytes)")
+                raise AgentRefusal("bad_request", f"tail: offset {offset} is past the end of the log ({size} bytes)")
             f.seek(offset)
             data = f.read(min(max_bytes, size - offset))
             start, end = offset, offset + len(data)

@@ -29,7 +29,7 @@ from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 
 from . import gpu_classes
 from .code_store import CodeStore
-from .fleet import AgentError, Fleet, HostUnavailable, RequestTimeout, push_tree
+from .fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout, push_tree
 from .history import History
 from .hosts_config import HostConfig, HostsFile
 from .models import Requirements
@@ -462,7 +462,7 @@ class Scheduler:
                     self._learn_claims(host, placement.gpu_indices)
                 self._requeue(job, host, f"{e.code} on {host}: {e.message}")
             return
-        except (RequestTimeout, HostUnavailable) as e:
+        except (RequestTimeout, HostUnavailable, ProtocolError) as e:
             if not getattr(e, "request_sent", True):
                 self._requeue(job, host, f"could not reach {host}: {e}", count=False)
                 return

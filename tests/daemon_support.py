@@ -14,10 +14,10 @@ from typing import Any, Callable, TypeVar
 import duckdb
 import pytest
 
-from gpu_agent.claims import ledger_violations, read_ledger
 from mcp_server.daemon_client import DaemonClient
 from mcp_server.daemon_state import lock_is_held
 from mcp_server.paths import StatePaths
+from tests.test_agent_support import ledger_violations, read_ledger
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = ("succeeded", "failed", "cancelled", "timeout", "lost")
@@ -232,7 +232,9 @@ def claim_violations(workdirs: list[Path]) -> dict[str, list[str]]:
     found = {}
     for w in workdirs:
         ledger = Path(w) / "claims.log"
-        problems = ledger_violations(read_ledger(ledger)) if ledger.exists() else []
+        # Every launch writes the ledger: without one there is nothing to check, which must not read as "no overlap".
+        problems = (ledger_violations(read_ledger(ledger)) if ledger.exists()
+                    else [f"no claim ledger {ledger}: no job ran on this host, or claims are no longer recorded"])
         if problems:
             found[str(w)] = problems
     return found

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gpu_agent.claims import ledger_violations, read_ledger
-from gpu_agent.errors import AgentError
+from gpu_agent.errors import AgentRefusal
 from gpu_agent.ops import Agent
-from tests.test_agent_support import agent, ended, launch, process_gone, wait_until, workdir  # noqa: F401
+from tests.test_agent_support import (  # noqa: F401
+    agent, ended, launch, ledger_violations, process_gone, read_ledger, wait_until, workdir)
 
 ROUNDS = 40
 RACERS = 3
@@ -61,14 +61,14 @@ def test_launches_racing_for_one_gpu_exactly_one_wins(workdir, tmp_path):
 
 def test_multi_gpu_claims_are_all_or_nothing(agent, workdir):
     launch(agent, "hold1", ["sleep", "30"], gpus=[1])
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         launch(agent, "both", ["sleep", "30"], gpus=[0, 1])
     assert e.value.code == "claim_conflict" and "gpu1" in e.value.message and "hold1" in e.value.message
     assert [(c["resource"], c["job_id"]) for c in agent.call("claims")["claims"]] == [("gpu1", "hold1")]
     assert not (workdir / "jobs" / "both").exists()     # a refused launch leaves nothing: retry elsewhere is safe
     launch(agent, "zero", ["true"], gpus=[0])
     assert ended(agent, "zero")["status"] == "succeeded"
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         launch(agent, "nine", ["true"], gpus=[9])
     assert e.value.code == "no_such_gpu"
     agent.call("cancel", job_id="hold1")
@@ -92,7 +92,7 @@ def test_dead_supervisor_leaves_a_stale_claim_until_release_stale(agent, workdir
     gpu0 = agent.call("inventory")["gpus"][0]
     assert (gpu0["claimed_by"], gpu0["claim_stale"]) == ("s1", True)
     assert agent.call("status")["jobs"][0]["status"] == "lost"
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         launch(agent, "s2", ["true"], gpus=[0])         # never silently reused
     assert e.value.code == "claim_conflict"
 
@@ -109,10 +109,10 @@ def test_dead_supervisor_leaves_a_stale_claim_until_release_stale(agent, workdir
 
 def test_release_stale_refuses_a_live_job(agent, workdir):
     launch(agent, "alive", ["sleep", "30"], gpus=[0])
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         agent.call("release_stale", job_id="alive")
     assert e.value.code == "bad_request" and "alive" in e.value.message and "cancel" in e.value.message
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         agent.call("release_stale", job_id="nobody")
     assert e.value.code == "unknown_job"
     agent.call("cancel", job_id="alive")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gpu_agent.claims import read_ledger
 from gpu_agent.client import AgentProcess
-from gpu_agent.errors import AgentError
+from gpu_agent.errors import AgentRefusal
 from gpu_agent.metrics import MAX_LINE_BYTES, MetricsParser
-from tests.test_agent_support import agent, ended, launch, process_gone, python_job, wait_until, workdir  # noqa: F401
+from tests.test_agent_support import (  # noqa: F401
+    agent, ended, launch, process_gone, python_job, read_ledger, wait_until, workdir)
 
 METRICS_JOB = r'''
 print("step 1 starting")
@@ -109,7 +109,7 @@ def test_launch_is_idempotent_on_its_token(agent, workdir):
     again = launch(agent, "i1", ["sleep", "30"], gpus=[0], launch_token="tok-A")
     assert again["supervisor_pid"] == first["supervisor_pid"]
     assert again["created_at"] == first["created_at"]
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         launch(agent, "i1", ["sleep", "30"], gpus=[0], launch_token="tok-B")
     assert e.value.code == "job_exists"
     running = agent.event("job_started", "i1")[1]["state"]
@@ -125,7 +125,7 @@ def test_a_launch_revoked_through_another_connection_is_refused_when_it_arrives(
     # old: the serve process of a connection the controller gave up on; new: the one it reconnected through
     with AgentProcess(workdir) as old, AgentProcess(workdir) as new:
         assert new.call("revoke_launch", job_id="r1", launch_token="tok-1") == {"revoked": True, "state": None}
-        with pytest.raises(AgentError) as e:
+        with pytest.raises(AgentRefusal) as e:
             launch(old, "r1", ["sleep", "30"], gpus=[0], launch_token="tok-1")
         assert e.value.code == "launch_revoked"
         assert new.call("claims")["claims"] == []
@@ -147,7 +147,7 @@ def test_revoking_and_launching_at_once_have_exactly_one_winner(workdir):
             def launching() -> None:
                 try:
                     outcome["launched"] = launch(old, job_id, ["true"], launch_token=f"t{i}")
-                except AgentError as e:
+                except AgentRefusal as e:
                     outcome["refused"] = e.code
             racer = threading.Thread(target=launching)
             racer.start()
@@ -229,7 +229,7 @@ def test_tail_last_lines_and_byte_offsets(agent, workdir):
 
     capped = agent.call("tail", job_id="l1", lines=1000, max_bytes=50)
     assert capped["text"].startswith("line ") and len(capped["text"]) <= 50
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(AgentRefusal) as e:
         agent.call("tail", job_id="l1", offset=len(content) + 1)
     assert e.value.code == "bad_request" and "past the end" in e.value.message
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from gpu_agent.client import AgentProcess
-from gpu_agent.errors import AgentError
+from gpu_agent.errors import AgentRefusal
 from gpu_agent.protocol import MAX_REQUEST_BYTES
 from tests.test_agent_support import (agent, cli, ended, gated, kill_jobs, launch, make_workdir,  # noqa: F401
                                       python_job, wait_until, workdir)
@@ -129,7 +129,7 @@ def test_simulated_gpus_exist_only_when_configured(tmp_path):
         assert (inv["source"], inv["gpus"]) == ("none", [])
         assert inv["nvml_error"]                         # says why there is no GPU
         assert inv["cpu_slots"] == max(1, os.cpu_count() // 2)
-        with pytest.raises(AgentError) as e:
+        with pytest.raises(AgentRefusal) as e:
             a.call("launch", job_id="g", launch_token="t", argv=["true"], gpus=[0], time_limit_s=5)
         assert e.value.code == "no_such_gpu"
 
@@ -140,14 +140,14 @@ def test_simulated_gpus_exist_only_when_configured(tmp_path):
         assert inv["source"] == "simulated" and inv["cpu_slots"] == 0
         assert [(g["index"], g["name"], g["uuid"], g["memory_total_mb"], g["simulated"]) for g in inv["gpus"]] == [
             (1, "B", f"SIM-{socket.gethostname()}-1", 48 * 1024, True)]
-        with pytest.raises(AgentError) as e:
+        with pytest.raises(AgentRefusal) as e:
             a.call("launch", job_id="g", launch_token="t", argv=["true"], time_limit_s=5)
         assert e.value.code == "claim_conflict" and "cpu_slots" in e.value.message
 
     broken = make_workdir(tmp_path / "broken", {"simulate_gpus": [{"model": "A"}]})
     with AgentProcess(broken) as a:
         assert "simulate_gpus" in a.call("hello")["config_error"]
-        with pytest.raises(AgentError) as e:
+        with pytest.raises(AgentRefusal) as e:
             a.call("inventory")
         assert e.value.code == "bad_config" and "memory_gb" in e.value.message
 

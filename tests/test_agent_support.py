@@ -18,7 +18,7 @@ import pytest
 
 from gpu_agent.client import PACKAGE_PARENT, AgentProcess
 from gpu_agent.jobstore import JobStore
-from gpu_agent.protocol import TERMINAL_STATUSES
+from gpu_agent.protocol import TERMINAL_STATUSES, LedgerEntry
 
 SIMULATED = [{"model": "NVIDIA H100 80GB HBM3", "memory_gb": 80}, {"model": "NVIDIA H200", "memory_gb": 141}]
 
@@ -100,3 +100,26 @@ def cli(workdir: Path, *args: str) -> tuple[int, dict[str, Any]]:
     done = subprocess.run([sys.executable, "-m", "gpu_agent", "--workdir", str(workdir), *args], cwd=PACKAGE_PARENT,
                           capture_output=True, text=True, timeout=60)
     return done.returncode, json.loads(done.stdout)
+
+
+def read_ledger(path: Path) -> list[LedgerEntry]:
+    """The host's claim ledger (<workdir>/claims.log), complete lines only."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def ledger_violations(entries: list[LedgerEntry]) -> list[str]:
+    """Every place, in file order, where a resource was acquired while held or released by a non-holder."""
+    holder: dict[str, str] = {}
+    problems = []
+    for n, e in enumerate(entries):
+        resource, job = e["resource"], e["job_id"]
+        if e["op"] == "acquire":
+            if resource in holder:
+                problems.append(f"line {n + 1}: {job} acquired {resource} while {holder[resource]} held it")
+            holder[resource] = job
+        elif holder.get(resource) != job:
+            problems.append(f"line {n + 1}: {job} released {resource} held by {holder.get(resource)}")
+        else:
+            del holder[resource]
+    return problems

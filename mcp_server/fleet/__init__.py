@@ -8,13 +8,13 @@
 from mcp_server.fleet.bootstrap import HostReadiness, bootstrap_host, check_hosts
 from mcp_server.fleet.connect import make_transport
 from mcp_server.fleet.errors import (AgentError, AuthFailed, FleetError, HostKeyChanged, HostKeyUnknown,
-                                     HostUnavailable, RequestTimeout)
+                                     HostUnavailable, ProtocolError, RequestTimeout)
 from mcp_server.fleet.fleet import Fleet
 from mcp_server.fleet.push import PushedTree, content_hash, push_tree
 from mcp_server.fleet.session import HostSession, prepare_agent
 from mcp_server.fleet.transport import CommandResult, ProcessStream, Transport, shell_path
 
 __all__ = ["AgentError", "AuthFailed", "CommandResult", "Fleet", "FleetError", "HostKeyChanged", "HostKeyUnknown",
-           "HostReadiness", "HostSession", "HostUnavailable", "ProcessStream", "PushedTree", "RequestTimeout",
-           "Transport", "bootstrap_host", "check_hosts", "content_hash", "make_transport", "prepare_agent",
-           "push_tree", "shell_path"]
+           "HostReadiness", "HostSession", "HostUnavailable", "ProcessStream", "ProtocolError", "PushedTree",
+           "RequestTimeout", "Transport", "bootstrap_host", "check_hosts", "content_hash", "make_transport",
+           "prepare_agent", "push_tree", "shell_path"]

@@ -51,3 +51,12 @@ class AgentError(FleetError):
         super().__init__(host, f"agent error {code}: {message}", request_sent=True)
         self.code = code
         self.message = message
+
+
+class ProtocolError(FleetError):
+    """The agent answered something the protocol (gpu_agent/protocol.py) does not allow: a bug, or an agent and a
+    controller of different versions. The agent may have acted on the request, so `request_sent` is True."""
+
+    def __init__(self, host: str, message: str):
+        super().__init__(host, f"{message} (the agent and the controller disagree on gpu_agent/protocol.py: "
+                               "report it with this message)", request_sent=True)

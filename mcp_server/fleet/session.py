@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 import gpu_agent
 from gpu_agent import protocol
-from mcp_server.fleet.errors import AgentError, FleetError, HostUnavailable, RequestTimeout
+from mcp_server.fleet.errors import AgentError, FleetError, HostUnavailable, ProtocolError, RequestTimeout
 from mcp_server.fleet.push import PushedTree, completed_check, content_hash, found_path, push_tree
 from mcp_server.fleet.transport import ProcessStream, Transport, shell_path
 
@@ -44,9 +44,11 @@ CONFIG_WRITTEN = "ARC-CONFIG-WRITTEN"
 EventCallback = Callable[[str, dict], None]
 StateCallback = Callable[[str, bool, "str | None"], None]
 
+# Built once: an adapter compiles its type's validator. Strict: the agent writes JSON of exactly these types, so a
+# "3" where an int belongs is a bug to report, not a value to coerce.
 _RESPONSE = TypeAdapter(protocol.Response)
 _EVENT = TypeAdapter(protocol.Event)
-_HELLO = TypeAdapter(protocol.Hello)
+_RESULTS = {op: TypeAdapter(tp) for op, tp in protocol.RESULTS.items()}
 
 
 def prepare_agent(transport: Transport, agent_dir: Path = AGENT_DIR, timeout: float = 30.0) -> PushedTree:
@@ -166,17 +168,12 @@ class HostSession:
         """Block until the first connection attempt has ended, successful or not."""
         return self._attempted.wait(timeout)
 
-    def wait_connected(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.connected and time.monotonic() < deadline and not self._closed.is_set():
-            time.sleep(0.02)
-        return self.connected
-
     def request(self, op: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        """Send one request and return its `result`.
+        """Send one request and return its `result`, checked against protocol.RESULTS[op].
 
         Raises AgentError (ok=false), RequestTimeout (no answer in time; the host gets probed), HostUnavailable
-        (not connected, or the connection dropped while waiting: then `request_sent` is True).
+        (not connected, or the connection dropped while waiting: then `request_sent` is True), ProtocolError (the
+        answer does not match the protocol; the agent may have acted).
         """
         if self._closed.is_set():
             raise HostUnavailable(self.name, "session closed")
@@ -237,14 +234,11 @@ class HostSession:
         reader = threading.Thread(target=self._read, args=(conn,), name=f"arc-{self.name}-reader", daemon=True)
         reader.start()
         try:
-            hello = _HELLO.validate_python(self._send(conn, "hello", None, self.connect_timeout))
+            hello = self._send(conn, "hello", None, self.connect_timeout)
         except FleetError as e:
             conn.fail(e.message)
             detail = f" (agent output: {conn.noise[-1]})" if conn.noise else ""
             raise HostUnavailable(self.name, f"agent did not start: {e.message}{detail}") from None
-        except ValidationError as e:
-            conn.fail("bad hello")
-            raise HostUnavailable(self.name, f"agent's hello does not match the protocol: {e.errors()[0]}") from None
         if hello["protocol"] != protocol.PROTOCOL_VERSION:
             conn.fail("protocol mismatch")
             raise HostUnavailable(self.name, f"agent speaks protocol {hello['protocol']}, the controller "
@@ -324,12 +318,14 @@ class HostSession:
         if slot.error is not None:
             raise slot.error
         try:
-            response = _RESPONSE.validate_python(slot.response)
+            response = _RESPONSE.validate_python(slot.response, strict=True)
         except ValidationError as e:
-            raise FleetError(self.name, f"malformed answer to {op!r}: {e.errors()[0]['msg']}",
-                             request_sent=True) from None
+            raise ProtocolError(self.name, f"answered {op} with a malformed response: {_problem(e)}") from None
         if response.get("ok"):
-            return response.get("result")
+            try:
+                return _RESULTS[op].validate_python(response.get("result"), strict=True)
+            except ValidationError as e:
+                raise ProtocolError(self.name, f"answered {op} with a malformed result: {_problem(e)}") from None
         error = response.get("error") or {"code": "internal", "message": "ok=false without an error"}
         raise AgentError(self.name, error["code"], error["message"])
 
@@ -364,26 +360,34 @@ class HostSession:
                 conn.noise.append(line.decode("utf-8", "replace")[:500])
                 log.debug("host %s agent output: %s", self.name, conn.noise[-1])
             return
-        if isinstance(msg, dict) and "id" in msg:
+        rid = msg.get("id") if isinstance(msg, dict) else None
+        if isinstance(rid, int) and not isinstance(rid, bool):
             with conn.lock:
-                slot = conn.pending.pop(msg["id"], None)
-            if slot is not None:
+                slot = conn.pending.pop(rid, None)
+            if slot is not None:    # its request's thread checks it: a bad answer fails that request only
                 slot.response = msg
                 slot.event.set()
         elif isinstance(msg, dict) and "event" in msg:
-            self._events.put(msg)
-        else:
+            try:
+                self._events.put(dict(_EVENT.validate_python(msg, strict=True)))
+            except ValidationError as e:
+                log.error("host %s: dropped an agent event that does not match the protocol (%s): %.300s",
+                          self.name, _problem(e), line.decode("utf-8", "replace"))
+        else:   # output that is not ours (a traceback), or an answer to no request of ours
             conn.noise.append(line.decode("utf-8", "replace")[:500])
 
     def _deliver_events(self) -> None:
         while (event := self._events.get()) is not None:
-            try:
-                checked = _EVENT.validate_python(event)
-            except ValidationError as e:
-                log.error("host %s: dropped a malformed agent event %r: %s", self.name, event, e.errors()[0])
-                continue
             if self.on_event is not None:
                 try:
-                    self.on_event(self.name, dict(checked))
+                    self.on_event(self.name, event)
                 except Exception:
                     log.exception("on_event callback failed for host %s", self.name)
+
+
+def _problem(e: ValidationError) -> str:
+    """The first thing wrong, where it is: "gpus.0.memory_total_mb: field required (and 2 more)"."""
+    first = e.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the whole value"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{where}: {first['msg'][:1].lower()}{first['msg'][1:]}{more}"
