@@ -16,6 +16,7 @@ from typing import Any
 
 from .cli_hints import as_command_line
 from .paths import StatePaths, hosts_file
+from .vocabulary import ACTIVE_STATUSES, HYPOTHESIS_STATUSES, JobStatus
 
 EXIT_USAGE = 2
 
@@ -273,7 +274,7 @@ def cmd_logs(args) -> int:
             sys.stdout.write(data["text"])
             sys.stdout.flush()
         offset = data["next_offset"]
-        if status not in ("queued", "held", "dispatching", "unconfirmed", "running", "unknown") and not data["text"]:
+        if status not in ACTIVE_STATUSES and not data["text"]:
             break
         time.sleep(1.0)
     return 0
@@ -293,7 +294,7 @@ def cmd_wait(args) -> int:
             break
     result = {"summary": f"{len(done)} ended, {len(pending)} still pending", "jobs": done, "pending": pending}
     emit(args, result, lambda c, d: render_jobs(c, {**d, "summary": d["summary"]}))
-    ok = not pending and all(j["status"] == "succeeded" for j in done)
+    ok = not pending and all(j["status"] == JobStatus.SUCCEEDED for j in done)
     return 0 if ok else 1
 
 
@@ -694,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     hy = sub.add_parser("hypotheses", help="research hypotheses: list | add TEXT | update ID")
     hys = hy.add_subparsers(dest="hyp_action", required=True)
     hl = hys.add_parser("list", help="hypotheses, newest first")
-    hl.add_argument("--status", choices=["open", "supported", "refuted", "abandoned"])
+    hl.add_argument("--status", choices=list(HYPOTHESIS_STATUSES))
     hl.add_argument("--limit", type=int, default=20)
     hl.add_argument("--offset", type=int, default=0)
     ha = hys.add_parser("add", help="write a hypothesis before the runs that test it")
@@ -704,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     ha.add_argument("--job", action="append", help="link a job (repeatable)")
     hu = hys.add_parser("update", help="judge a hypothesis: status, verdict, effect size, more jobs")
     hu.add_argument("hyp_id")
-    hu.add_argument("--status", choices=["open", "supported", "refuted", "abandoned"])
+    hu.add_argument("--status", choices=list(HYPOTHESIS_STATUSES))
     hu.add_argument("--verdict")
     hu.add_argument("--effect-size", type=float)
     hu.add_argument("--job", action="append", help="link a job (repeatable)")

@@ -34,6 +34,7 @@ from .research import (
     suggest_configs, triage, warm_trials,
 )
 from .scheduler import Scheduler, SchedulerSettings
+from .vocabulary import DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, WAITING_STATUSES, JobStatus
 
 log = logging.getLogger("arc.service")
 
@@ -217,7 +218,7 @@ class Service:
     @staticmethod
     def _check_trainer_config(spec: JobSpec) -> None:
         """Overrides the packaged trainer would refuse are refused now, not after a queue wait and a start-up."""
-        from trainer.config import ConfigError, resolve_config
+        from trainer.contract import ConfigError, resolve_config
 
         overrides = [workloads.format_override(k, v) for k, v in (spec.config or {}).items()]
         try:
@@ -288,11 +289,11 @@ class Service:
             raise ArcError(f"nothing submitted; {e}") from None
         ids = self.history.new_job_ids(len(rows))
         for job_id, row in zip(ids, rows):
-            row.update(job_id=job_id, status="queued")
+            row.update(job_id=job_id, status=JobStatus.QUEUED)
         self.history.insert_jobs(rows)
         self.scheduler.wake()
         time.sleep(0.05)   # let the dispatcher place what fits now, so the answer can say where
-        queued = [j["job_id"] for j in self.history.jobs(status=["queued"], order="priority desc, job_num asc",
+        queued = [j["job_id"] for j in self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc",
                                                            limit=None)]
         out = []
         for job_id in ids:
@@ -413,11 +414,11 @@ class Service:
             finished = bool(done) if mode == "any" else not pending
             # Queued jobs behind a human checkpoint will not start within any wait: say so now.
             held = self.guard.last_held if self.guard is not None else None
-            stuck = bool(held and pending) and all(rows[j]["status"] in ("queued", "held") for j in pending)
+            stuck = bool(held and pending) and all(rows[j]["status"] in WAITING_STATUSES for j in pending)
             left = deadline - time.monotonic()
             if finished or stuck or left <= 0:
                 views = [self._job_view(rows[j]) for j in done]
-                ok = sum(1 for v in views if v.status == "succeeded")
+                ok = sum(1 for v in views if v.status == JobStatus.SUCCEEDED)
                 values = [v.metric for v in views if v.metric is not None]
                 best = (min if self.metric_direction == "min" else max)(values, default=None)
                 summary = f"{len(done)} of {len(job_ids)} ended ({ok} succeeded)" + (
@@ -506,7 +507,7 @@ class Service:
         return status
 
     def _floors(self) -> dict[str, NoiseFloor]:
-        return noise_floors(self.history.jobs(tag=NOISE_TAG, status="succeeded", limit=None))
+        return noise_floors(self.history.jobs(tag=NOISE_TAG, status=JobStatus.SUCCEEDED, limit=None))
 
     def _busiest_class(self, rows: list[dict]) -> str | None:
         """The GPU class with the most finished runs: the history suggestions learn from when none is named."""
@@ -523,7 +524,7 @@ class Service:
             raise ArcError("sampler must be 'tpe' (default) or 'cmaes'")
         if not self.research.search_space:
             raise ArcError("research.yaml declares no search_space; add one to get suggestions")
-        rows = self.history.jobs(status="succeeded", limit=None)
+        rows = self.history.jobs(status=JobStatus.SUCCEEDED, limit=None)
         gpu_class = gpu_class or self._busiest_class(rows)
         shared = {**(fixed or {}), **({"preset": preset} if preset else {})}
         try:
@@ -632,10 +633,10 @@ class Service:
         return result
 
     def _triage(self, row: dict) -> Triage | None:
-        if row["status"] not in ("failed", "timeout", "lost"):
+        if row["status"] not in FAILED_STATUSES:
             return None
         tail = ""
-        if row["status"] != "lost" and row.get("host"):
+        if row["status"] != JobStatus.LOST and row.get("host"):
             try:
                 tail = self.tail_log(row["job_id"], lines=80).text
             except ArcError:
@@ -650,7 +651,7 @@ class Service:
         if limit is None:
             return
         now = time.time()
-        running = self.history.jobs(status=["running"], limit=None)
+        running = self.history.jobs(status=[JobStatus.RUNNING], limit=None)
         alive = {j["job_id"] for j in running}
         for job_id in list(self._log_growth):
             if job_id not in alive:
@@ -704,7 +705,7 @@ class Service:
         if compare is not None:
             sides = compare if isinstance(compare, Sides) else Sides.model_validate(compare)
             result = self.compare_runs(sides.a, sides.b)
-            if not result.comparable and status in ("supported", "refuted"):
+            if not result.comparable and status in DECIDED_HYPOTHESIS_STATUSES:
                 raise ArcError(f"{hyp_id} cannot be {status} on this comparison: {result.summary}")
             verdict = f"{verdict.strip()}; {result.summary}" if verdict and verdict.strip() else result.summary
             effect_size = result.diff if effect_size is None else effect_size

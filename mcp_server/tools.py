@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .models import (
     CancelResult, Digest, GpuList, HistorySchema, HypothesisList, HypothesisResult, JobDetails, JobList, JobSpec,
-    JobStatusName, Leaderboard, SqlResult, SubmitResult, Suggestions, WaitResult,
+    HypothesisStatus, JobStatus, Leaderboard, SqlResult, SubmitResult, Suggestions, WaitResult,
 )
 from .research import Comparison, GuardStatus, Sides, pause_prefix
 from .service import MAX_BATCH, MAX_LOG_LINES, MAX_ROWS, ArcError, Service
@@ -47,7 +47,6 @@ answer starts with PAUSED, stop submitting and report to the person: only they c
 
 MAX_WAITERS = 256
 log = logging.getLogger("arc.tools")
-HypothesisStatus = Literal["open", "supported", "refuted", "abandoned"]
 JobIds = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH, description="job ids, e.g. ['j3', 'j7']")]
 
 
@@ -198,7 +197,7 @@ def build_server(service: Service, name: str = "arc") -> MCPServer:
             return answer(service.job_status(job_ids))
 
     @mcp.tool(annotations=READ_ONLY)
-    def list_jobs(status: list[JobStatusName] | None = None, host: str | None = None, tag: str | None = None,
+    def list_jobs(status: list[JobStatus] | None = None, host: str | None = None, tag: str | None = None,
                   hypothesis_id: str | None = None,
                   limit: Annotated[int, Field(ge=1, le=MAX_ROWS)] = 20,
                   offset: Annotated[int, Field(ge=0)] = 0) -> Annotated[CallToolResult, JobList]:
