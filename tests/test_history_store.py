@@ -350,3 +350,20 @@ def test_a_read_only_history_reads_and_refuses_writes(tmp_path):
         assert run_user_sql(path, "SELECT job_id FROM jobs").rows == [["j1"]]
     with History(path, read_only=True) as ro:
         assert ro.schema_version == schema.MIGRATIONS[-1].version
+
+
+def test_the_schema_admits_exactly_the_vocabulary(history):
+    from mcp_server.vocabulary import HYPOTHESIS_STATUSES, JOB_STATUSES
+
+    ids = history.insert_jobs([{"argv": ["x"], "status": s} for s in JOB_STATUSES])
+    assert [history.get_job(j)["status"] for j in ids] == list(JOB_STATUSES)
+    with pytest.raises(HistoryError, match="status 'held' is not one of queued, dispatching"):
+        history.insert_jobs([{"argv": ["x"], "status": "held"}])
+    cur = history.cursor()
+    with pytest.raises(duckdb.ConstraintException):     # the CHECK itself, for writers that skip the store
+        cur.execute("UPDATE jobs SET status = 'held' WHERE job_id = ?", [ids[0]])
+    hyp = history.add_hypothesis("wider is better")
+    for status in HYPOTHESIS_STATUSES:
+        assert history.update_hypothesis(hyp, status=status)["status"] == status
+    with pytest.raises(duckdb.ConstraintException):
+        cur.execute("UPDATE hypotheses SET status = 'closed' WHERE hyp_id = ?", [hyp])

@@ -90,6 +90,8 @@ _JOBS_DOC = {
 }
 
 
+# The CHECK lists come from mcp_server/vocabulary.py. A history made before `held` left the vocabulary still admits
+# it in its CHECK (DuckDB cannot alter one); nothing writes it, and the store refuses it before any write.
 def _v1(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute(f"""
         CREATE TABLE counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
