@@ -73,7 +73,7 @@ _JOBS_DOC = {
     "gpu_indices": "GPU indices on that host",
     "gpu_uuids": "GPU uuids it ran on",
     "gpu_model": "GPU model name, e.g. 'NVIDIA H100 80GB HBM3'",
-    "gpu_class": "GPU class for fair comparisons, e.g. 'H100'",
+    "gpu_class": "GPU class for fair comparisons, e.g. 'H100-SXM' (see gpus.gpu_class)",
     "exit_code": "process exit code",
     "signal": "signal that ended the process, if any",
     "reason": "why it ended or changed state when not by itself",
