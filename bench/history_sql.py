@@ -29,12 +29,12 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcp_server.history import History, run_user_sql  # noqa: E402
 
-CLASSES = np.array(["H100", "H200", "A100 SXM4"])
+CLASSES = np.array(["H100-SXM", "H200", "A100-80GB"])   # as gpu_classes.gpu_class names them
 STATUSES = np.array(["succeeded"] * 8 + ["failed", "timeout"])
 
 QUERIES = {
     "leaderboard (top 20 in a class)":
-        "SELECT job_id, val_bpb, seed, config FROM runs WHERE status = 'succeeded' AND gpu_class = 'H100' "
+        "SELECT job_id, val_bpb, seed, config FROM runs WHERE status = 'succeeded' AND gpu_class = 'H100-SXM' "
         "ORDER BY val_bpb LIMIT 20",
     "one job's loss curve":
         "SELECT step, value FROM metrics WHERE job_id = '{job}' AND name = 'train_loss' ORDER BY seq",
@@ -134,13 +134,15 @@ MEMORY_CHILD = textwrap.dedent("""
         if mode == "read":
             h.jobs(status=["queued", "dispatching", "unconfirmed", "running", "unknown"], limit=None)
             h.jobs(status="succeeded", limit=None)          # every finished job as dicts: the worst case
-            h.count_jobs(); h.best_per_gpu_class(); h.leaderboard(gpu_class="H100")
+            h.count_jobs()
+            for sql in QUERIES.values():
+                h.cursor().execute(sql.format(job="j1")).fetchall()
             h.metric_series(["j1", "j%d" % n], "train_loss", 500); h.events(limit=100)
             out["after reading all 100k-scale job lists"] = rss_mb()
         else:
             for lo in range(0, n, 500):
                 batch = [{"argv": ["python", "-m", "trainer"], "config": {"lr": 0.04, "depth": 8}, "tags": ["w"],
-                          "requirements": {"gpus": 1, "gpu_class": "H100"}, "seed": i}
+                          "requirements": {"gpus": 1, "gpu_class": "H100-SXM"}, "seed": i}
                          for i in range(lo, min(lo + 500, n))]
                 h.insert_jobs(batch)
             out["after insert_jobs of %d jobs" % n] = rss_mb()
@@ -194,9 +196,6 @@ def main() -> None:
             rows[f"{name}: direct, ms"] = 1e3 * median_time(lambda: cur.execute(sql).fetchall(), args.runs)
             rows[f"{name}: run_user_sql, ms"] = 1e3 * median_time(
                 lambda: run_user_sql(snapshot, sql, limit=1000), args.runs)
-        rows["API leaderboard(gpu_class), ms"] = 1e3 * median_time(lambda: h.leaderboard(gpu_class="H100"),
-                                                                   args.runs)
-        rows["API best_per_gpu_class(), ms"] = 1e3 * median_time(h.best_per_gpu_class, args.runs)
         rows["API metric_series(1 job, 500 pts), ms"] = 1e3 * median_time(
             lambda: h.metric_series([job], "train_loss", 500), args.runs)
         rows["API jobs(status=running, limit=None), ms"] = 1e3 * median_time(

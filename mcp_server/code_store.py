@@ -23,9 +23,9 @@ class CodeStoreError(ValueError):
 
 
 def trainer_source() -> Path:
-    import trainer
+    from trainer.contract import code_folder
 
-    return Path(trainer.__file__).resolve().parent
+    return code_folder()
 
 
 class CodeStore:

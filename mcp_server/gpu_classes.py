@@ -1,14 +1,15 @@
 """GPU classes and relative speed, from the trainer's peak-FLOPs table.
 
 Results are only comparable within one GPU class (an H200 fits more steps into a fixed budget than an H100), so
-every job records the class it ran on. The table itself lives in trainer/gpu_specs.py (pure Python, no torch) so
-the trainer's MFU and the controller's placement never disagree about a GPU.
+every job records the class it ran on. The table lives in trainer/gpu_specs.py (pure Python, no torch, read through
+trainer/contract.py), and `gpu_class` below is the one rule that names a GPU's class: placement stamps it on
+`jobs.gpu_class` and the inventory on `gpus.gpu_class`, so the two tables join and the trainer's MFU agrees.
 """
 from __future__ import annotations
 
 import re
 
-from trainer.gpu_specs import lookup
+from trainer.contract import lookup
 
 CPU_CLASS = "cpu"
 

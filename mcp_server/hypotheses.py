@@ -9,10 +9,10 @@ import re
 from typing import Any
 
 from .history import History, HistoryError
-from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
 from .errors import ArcError
+from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
+from .vocabulary import DECIDED_HYPOTHESIS_STATUSES, HYPOTHESIS_STATUSES, HypothesisStatus
 
-STATUSES = ("open", "supported", "refuted", "abandoned")
 MAX_TEXT = 2000
 
 
@@ -64,10 +64,10 @@ def append_hypothesis(history: History, text: str, rationale: str | None = None,
 def update_hypothesis(history: History, hyp_id: str, status: str | None = None, verdict: str | None = None,
                       effect_size: float | None = None, add_jobs: list[str] | None = None) -> HypothesisResult:
     _check_id(hyp_id)
-    if status is not None and status not in STATUSES:
-        raise ArcError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if status is not None and status not in HYPOTHESIS_STATUSES:
+        raise ArcError(f"status {status!r} is not one of {', '.join(HYPOTHESIS_STATUSES)}")
     verdict = _text("verdict", verdict)
-    if status in ("supported", "refuted") and verdict is None and \
+    if status in DECIDED_HYPOTHESIS_STATUSES and verdict is None and \
             not (history.get_hypothesis(hyp_id) or {}).get("verdict"):
         raise ArcError(f"marking {hyp_id} {status} needs a verdict: one line with the GPU class, the runs "
                        "compared and the difference, e.g. 'H100: j12 0.9912 vs baseline j3 0.9979 (-0.0067)'")
@@ -84,13 +84,14 @@ def update_hypothesis(history: History, hyp_id: str, status: str | None = None, 
     view = _view(row)
     return HypothesisResult(summary=f"{hyp_id} {view.status}" + (f": {view.verdict[:100]}" if view.verdict else ""),
                             hypothesis=view,
-                            next=None if view.status != "open" else "wait_for_jobs on its jobs, then set a verdict")
+                            next=None if view.status != HypothesisStatus.OPEN
+                            else "wait_for_jobs on its jobs, then set a verdict")
 
 
 def list_hypotheses(history: History, status: str | None = None, limit: int = 20,
                     offset: int = 0) -> HypothesisList:
-    if status is not None and status not in STATUSES:
-        raise ArcError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if status is not None and status not in HYPOTHESIS_STATUSES:
+        raise ArcError(f"status {status!r} is not one of {', '.join(HYPOTHESIS_STATUSES)}")
     if not 1 <= limit <= 200:
         raise ArcError(f"limit must be from 1 to 200 (got {limit})")
     if offset < 0:

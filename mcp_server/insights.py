@@ -14,15 +14,17 @@ import json
 import re
 from typing import Any, Literal, Mapping
 
+from .gpu_classes import CPU_CLASS
 from .history import History
 from .history.values import from_json, now, utc
 from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry, iso
 from .research import Comparison, NoiseFloor, ResearchConfig, compare, search_health
 from .errors import ArcError
+from .vocabulary import (ACTIVE_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus,
+                         sql_list)
 
 BASELINE_TAG = "baseline"
-CPU_CLASS = "cpu"
-FAILED = ("failed", "timeout", "lost")
+
 MAX_PLOT_JOBS = 12
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -87,7 +89,7 @@ def _ok_runs_sql(extra: str = "") -> str:
         SELECT job_id, job_num, coalesce(gpu_class, '{CPU_CLASS}') AS cls, primary_value AS v, config, code_hash,
                CASE WHEN kind = 'command' THEN argv END AS argv, seed, hypothesis_id,
                coalesce(list_contains(tags, '{BASELINE_TAG}'), false) AS is_baseline, ended_at
-        FROM jobs WHERE status = 'succeeded' AND primary_metric = ? AND primary_value IS NOT NULL
+        FROM jobs WHERE status = '{JobStatus.SUCCEEDED}' AND primary_metric = ? AND primary_value IS NOT NULL
           AND isfinite(primary_value) {extra}"""
 
 
@@ -169,12 +171,12 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
     pick = "min" if _check_direction(direction) == "min" else "max"
     start, until = parse_since(since), now()
     cur = history.cursor()
-    counts = dict(cur.execute("""
-        SELECT status, count(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'timeout', 'lost', 'cancelled')
+    counts = dict(cur.execute(f"""
+        SELECT status, count(*) FROM jobs WHERE status IN ({sql_list(TERMINAL_STATUSES)})
           AND ended_at >= ? GROUP BY status""", [start]).fetchall())
-    active = dict(cur.execute("""
-        SELECT CASE WHEN status = 'queued' OR status = 'held' THEN 'queued' ELSE 'running' END, count(*)
-        FROM jobs WHERE status IN ('queued', 'held', 'dispatching', 'unconfirmed', 'running', 'unknown')
+    active = dict(cur.execute(f"""
+        SELECT CASE WHEN status IN ({sql_list(WAITING_STATUSES)}) THEN 'queued' ELSE 'running' END, count(*)
+        FROM jobs WHERE status IN ({sql_list(ACTIVE_STATUSES)})
         GROUP BY 1""").fetchall())
     # A class has a new best when its best run that ended since `start` beats every run that ended before.
     new_bests = [f"{cls}: {job} {metric} {_fmt(v)}" + (f" (was {_fmt(old)} {old_job})" if old_job else " (first)")
@@ -188,15 +190,15 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
         WHERE b.v IS NULL OR a.v {'<' if pick == 'min' else '>'} b.v ORDER BY a.cls""",
                                                                      [metric, start, start]).fetchall()]
     failures = [f"{job} {status}: {(reason or f'exit code {code}')[:100]}" for job, status, reason, code in
-                cur.execute("""SELECT job_id, status, reason, exit_code FROM jobs
-                               WHERE status IN ('failed', 'timeout', 'lost') AND ended_at >= ?
+                cur.execute(f"""SELECT job_id, status, reason, exit_code FROM jobs
+                               WHERE status IN ({sql_list(FAILED_STATUSES)}) AND ended_at >= ?
                                ORDER BY job_num DESC LIMIT 5""", [start]).fetchall()]
     hypotheses = [f"{h} {status}" + (f": {verdict[:100]}" if verdict else f": {text[:80]}")
                   for h, status, verdict, text in cur.execute("""
         SELECT hyp_id, status, verdict, text FROM hypotheses WHERE updated_at >= ? ORDER BY num DESC LIMIT 8""",
                                                               [start]).fetchall()]
-    ok, failed, cancelled = counts.get("succeeded", 0), sum(counts.get(s, 0) for s in FAILED), \
-        counts.get("cancelled", 0)
+    ok, failed, cancelled = counts.get(JobStatus.SUCCEEDED, 0), sum(counts.get(s, 0) for s in FAILED_STATUSES), \
+        counts.get(JobStatus.CANCELLED, 0)
     summary = (f"since {iso(start)}: {ok + failed + cancelled} ended ({ok} succeeded, {failed} failed"
                + (f", {cancelled} cancelled" if cancelled else "") + f"); {active.get('running', 0)} running, "
                f"{active.get('queued', 0)} queued; {len(new_bests)} new best(s)")

@@ -12,15 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .research.triage import Triage
+from .vocabulary import HypothesisStatus, JobStatus
 
 JOB_ID_RE = re.compile(r"^j[0-9]{1,9}$")
 HYP_ID_RE = re.compile(r"^h[0-9]{1,9}$")
-
-ACTIVE_STATUSES = ("queued", "held", "dispatching", "unconfirmed", "running", "unknown")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "timeout", "lost")
-JobStatusName = Literal["queued", "held", "dispatching", "unconfirmed", "running", "unknown",
-                        "succeeded", "failed", "cancelled", "timeout", "lost"]
-HypothesisStatusName = Literal["open", "supported", "refuted", "abandoned"]
 
 
 class Strict(BaseModel):
@@ -133,7 +128,7 @@ class GpuList(Result):
 
 class SubmittedJob(BaseModel):
     job_id: str
-    status: str
+    status: JobStatus
     host: str | None = None
     gpu_class: str | None = None
     queue_position: int | None = None
@@ -146,7 +141,7 @@ class SubmitResult(Result):
 class JobView(BaseModel):
     """A job in a few fields; `job_status` adds detail."""
     job_id: str
-    status: str
+    status: JobStatus
     name: str | None = None
     host: str | None = None
     gpu_class: str | None = None
@@ -214,7 +209,7 @@ class SqlResult(Result):
 
 class Hypothesis(BaseModel):
     hyp_id: str
-    status: str
+    status: HypothesisStatus
     text: str
     verdict: str | None = None
     effect_size: float | None = None

@@ -35,11 +35,20 @@ from .hosts_config import HostConfig, HostsFile
 from .models import Requirements
 from .placement import GpuSlot, HostCapacity, Placement, place, why_impossible
 from .research.guard import Allowance
+from .vocabulary import IN_FLIGHT_STATUSES, LAUNCHING_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus
 
 log = logging.getLogger("arc.scheduler")
 
-IN_FLIGHT = ("dispatching", "unconfirmed", "running", "unknown")   # jobs that hold resources
 DISPATCH_FIRST_S = 0.2   # longest a background history write waits for a pending dispatch round
+
+
+def host_row(config: HostConfig, hello: dict | None) -> dict[str, Any]:
+    """The history's `hosts` row for a host that just answered: hosts.yaml's facts and the agent's hello."""
+    hello = hello or {}
+    return {"name": config.name, "transport": config.transport, "address": config.address,
+            "labels": list(config.labels), "cost_per_gpu_hour": config.cost_per_gpu_hour, "reachable": True,
+            "last_seen": time.time(), "python": hello.get("python"), "agent_version": hello.get("agent_version"),
+            "nvml": hello.get("nvml")}
 
 
 @dataclass
@@ -147,12 +156,12 @@ class Scheduler:
     def _rebuild_bookkeeping(self) -> None:
         """Resources held by in-flight jobs, from the history: nothing is dispatched onto them until reconciled."""
         with self._lock:
-            for job in self.history.jobs(status=list(IN_FLIGHT), limit=None):
+            for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), limit=None):
                 if job["host"] in self.hosts:
                     self._hold(job["job_id"], job["host"], job.get("gpu_indices") or [])
                 else:   # nothing will ever reconcile it
                     reason = f"its host {job['host']} is no longer in hosts.yaml"
-                    self.history.update_job(job["job_id"], expect_status=job["status"], status="lost",
+                    self.history.update_job(job["job_id"], expect_status=job["status"], status=JobStatus.LOST,
                                             ended_at=time.time(), reason=reason, _reason=reason)
 
     def _hold(self, job_id: str, host: str, gpus: list[int]) -> None:
@@ -252,7 +261,7 @@ class Scheduler:
         """Before any launch on a (re)connected host: inventory it and settle every in-flight job it holds."""
         rt = self.hosts[host]
         self._apply_inventory(host, self.request(host, "inventory"))
-        jobs = self.history.jobs(status=list(IN_FLIGHT), host=host, limit=None)
+        jobs = self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=host, limit=None)
         states: dict[str, dict] = {}
         if jobs:
             res = self.request(host, "status", {"job_ids": [self.host_job_id(j["job_id"]) for j in jobs]})
@@ -265,7 +274,7 @@ class Scheduler:
                 self._lose_stale(host, job_id, "its supervisor died (stale claim)")
         rt.away_since = None
         rt.ready = True
-        self.history.upsert_hosts([{"name": host, "reachable": True, "last_error": None}])
+        self.history.upsert_hosts([{**host_row(rt.config, self.fleet.session(host).hello), "last_error": None}])
         log.info("host %s ready: %d GPUs, %d in-flight jobs reconciled", host,
                  len(rt.capacity.gpus) if rt.capacity else 0, len(jobs))
         self._wake.set()
@@ -274,7 +283,7 @@ class Scheduler:
         """Make the history agree with what the host says of one in-flight job."""
         job_id, status = job["job_id"], job["status"]
         if state is None:
-            if status in ("dispatching", "unconfirmed"):
+            if status in LAUNCHING_STATUSES:
                 # No record of the launch, but a copy of it may still be on its way through a connection we gave
                 # up on (a healed partition delivers it). Revoke it, so the host refuses it if it comes; or, if it
                 # came meanwhile, settle the job it made.
@@ -283,12 +292,12 @@ class Scheduler:
                 if not answer["revoked"]:
                     self._settle(host, job, answer["state"])
                     return
-                if self.history.update_job(job_id, expect_status=status, status="queued", host=None,
+                if self.history.update_job(job_id, expect_status=status, status=JobStatus.QUEUED, host=None,
                                            gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
                                            _reason=f"launch never reached {host}; revoked there, queued again"):
                     self._queue_stale = True
                     self._free(job_id, host)
-            elif self.history.update_job(job_id, expect_status=status, status="lost", ended_at=time.time(),
+            elif self.history.update_job(job_id, expect_status=status, status=JobStatus.LOST, ended_at=time.time(),
                                          reason=f"{host} has no record of the job",
                                          _reason=f"{host} has no record of the job"):
                 self._free(job_id, host)
@@ -298,8 +307,8 @@ class Scheduler:
             self._free(job_id, host)
             self._ingest(host, job_id, state)
             return
-        if status != "running":
-            self.history.update_job(job_id, expect_status=status, status="running",
+        if status != JobStatus.RUNNING:
+            self.history.update_job(job_id, expect_status=status, status=JobStatus.RUNNING,
                                     _reason=f"{host} reports it running")
         if job.get("cancel_requested"):
             self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
@@ -307,8 +316,8 @@ class Scheduler:
 
     def _lose_stale(self, host: str, job_id: str, reason: str) -> None:
         job = self.history.get_job(job_id)
-        if job is not None and job["status"] not in ("succeeded", "failed", "cancelled", "timeout", "lost"):
-            self.history.update_job(job_id, status="lost", reason=reason, ended_at=time.time(),
+        if job is not None and job["status"] not in TERMINAL_STATUSES:
+            self.history.update_job(job_id, status=JobStatus.LOST, reason=reason, ended_at=time.time(),
                                     _reason=f"{host}: {reason}")
         # Only once the history says lost is the claim released (and an orphaned job process group killed).
         self.request(host, "release_stale", {"job_id": self.host_job_id(job_id)})
@@ -316,8 +325,8 @@ class Scheduler:
         self._notify_terminal()
 
     def _mark_host_away(self, host: str, error: str | None) -> None:
-        for job in self.history.jobs(status=["running"], host=host, limit=None):
-            self.history.update_job(job["job_id"], expect_status="running", status="unknown",
+        for job in self.history.jobs(status=[JobStatus.RUNNING], host=host, limit=None):
+            self.history.update_job(job["job_id"], expect_status=JobStatus.RUNNING, status=JobStatus.UNKNOWN,
                                     _reason=f"{host} unreachable: {error or 'connection lost'}")
         self.history.upsert_hosts([{"name": host, "reachable": False, "last_error": error}])
 
@@ -362,7 +371,7 @@ class Scheduler:
             return 0
         if self._queue_stale:
             self._queue_stale = False   # first: a change while reading marks it stale again
-            self._queue = self.history.jobs(status=["queued"], order="priority desc, job_num asc", limit=500)
+            self._queue = self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc", limit=500)
         if not self._queue:
             return 0
         allowed = self.allowance()
@@ -409,7 +418,8 @@ class Scheduler:
                     token = uuid.uuid4().hex
                     where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
                     if self.history.update_job(
-                            job["job_id"], expect_status="queued", status="dispatching", host=placement.host,
+                            job["job_id"], expect_status=JobStatus.QUEUED, status=JobStatus.DISPATCHING,
+                            host=placement.host,
                             gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
                             gpu_class=placement.gpu_class, launch_token=token,
                             _reason=f"placed on {placement.host} {where} ({placement.gpu_class})"):
@@ -455,7 +465,7 @@ class Scheduler:
             if e.code in ("bad_request", "bad_config"):
                 self._fail_launch(job_id, host, f"{host} refused the launch: {e.message}")
             elif e.code == "job_exists":   # an earlier launch of this job reached the host after all: adopt it
-                self.history.update_job(job_id, expect_status="dispatching", status="unconfirmed",
+                self.history.update_job(job_id, expect_status=JobStatus.DISPATCHING, status=JobStatus.UNCONFIRMED,
                                         _reason=f"{host} already has this job from an earlier launch; will ask it")
             else:
                 if e.code == "claim_conflict":
@@ -467,7 +477,7 @@ class Scheduler:
                 self._requeue(job, host, f"could not reach {host}: {e}", count=False)
                 return
             # Ambiguous: the launch may have happened. Ask the host before doing anything else.
-            self.history.update_job(job_id, expect_status="dispatching", status="unconfirmed",
+            self.history.update_job(job_id, expect_status=JobStatus.DISPATCHING, status=JobStatus.UNCONFIRMED,
                                     _reason=f"launch reply lost ({e}); will ask {host}")
             return
         except Exception as e:   # push or argv failure: infrastructure, retried elsewhere
@@ -480,8 +490,8 @@ class Scheduler:
     def _launched(self, host: str, job_id: str, argv: list[str], state: dict) -> None:
         self._after_dispatch()
         # "running" too: the job_started event may have been recorded first; a job that ended stays as it is.
-        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "running"], status="running",
-                                argv=argv, _reason=f"launched on {host}")
+        self.history.update_job(job_id, expect_status=[*LAUNCHING_STATUSES, JobStatus.RUNNING],
+                                status=JobStatus.RUNNING, argv=argv, _reason=f"launched on {host}")
         if state.get("status") in AGENT_TERMINAL:   # it ended before the reply was read
             self._free(job_id, host)
             self._ingest(host, job_id, state)
@@ -509,14 +519,14 @@ class Scheduler:
         if attempts >= self.settings.max_launch_attempts:
             self._fail_launch(job["job_id"], host, f"{reason} (gave up after {attempts} launch attempts)")
             return
-        if self.history.update_job(job["job_id"], expect_status=["dispatching", "unconfirmed"], status="queued",
+        if self.history.update_job(job["job_id"], expect_status=list(LAUNCHING_STATUSES), status=JobStatus.QUEUED,
                                    host=None, gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
                                    attempts=attempts, _reason=f"{reason}; queued again"):
             self._queue_stale = True
             self._free(job["job_id"], host)
 
     def _fail_launch(self, job_id: str, host: str, reason: str) -> None:
-        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed"], status="failed",
+        self.history.update_job(job_id, expect_status=list(LAUNCHING_STATUSES), status=JobStatus.FAILED,
                                 reason=reason, ended_at=time.time(), _reason=reason)
         self._free(job_id, host)
         self._notify_terminal()
@@ -525,8 +535,8 @@ class Scheduler:
 
     def _mark_started(self, job_id: str, state: dict) -> None:
         self._after_dispatch()
-        self.history.update_job(job_id, expect_status=["dispatching", "unconfirmed", "unknown", "running"],
-                                status="running", started_at=state.get("started_at"), _reason="process started")
+        self.history.update_job(job_id, expect_status=list(IN_FLIGHT_STATUSES),
+                                status=JobStatus.RUNNING, started_at=state.get("started_at"), _reason="process started")
 
     def _ingest(self, host: str, job_id: str, state: dict | None = None) -> None:
         """Copy new metric records and the job's state from the host into the history (idempotent)."""
@@ -570,8 +580,8 @@ class Scheduler:
     def cancel(self, job: dict) -> str:
         """Cancel one job: 'cancelled' (it never started), 'signalled', 'pending' (host away) or 'raced'."""
         job_id, status = job["job_id"], job["status"]
-        if status in ("queued", "held"):
-            if self.history.update_job(job_id, expect_status=status, status="cancelled", ended_at=time.time(),
+        if status in WAITING_STATUSES:
+            if self.history.update_job(job_id, expect_status=status, status=JobStatus.CANCELLED, ended_at=time.time(),
                                        reason="cancelled before it started", _reason="cancelled while queued"):
                 self._notify_terminal()
                 return "cancelled"
@@ -581,7 +591,7 @@ class Scheduler:
         try:
             self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
         except AgentError as e:
-            if e.code == "unknown_job" and status in ("dispatching", "unconfirmed"):
+            if e.code == "unknown_job" and status in LAUNCHING_STATUSES:
                 return "raced"   # the launch is still on its way; the reconcile sends the pending cancel
             raise
         except (HostUnavailable, RequestTimeout) as e:
@@ -613,16 +623,16 @@ class Scheduler:
         for name, rt in self.hosts.items():
             if rt.away_since is None or now - rt.away_since < self.settings.lost_after_s:
                 continue
-            for job in self.history.jobs(status=list(IN_FLIGHT), host=name, limit=None):
+            for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
                 if self.history.update_job(
-                        job["job_id"], expect_status=job["status"], status="lost", ended_at=now,
+                        job["job_id"], expect_status=job["status"], status=JobStatus.LOST, ended_at=now,
                         reason=f"{name} unreachable for more than {self.settings.lost_after_s:.0f} s",
                         _reason=f"{name} away past the grace period"):
                     self._free(job["job_id"], name)
                     self._notify_terminal()
 
     def _recheck_unconfirmed(self) -> None:
-        for job in self.history.jobs(status=["unconfirmed"], limit=None):
+        for job in self.history.jobs(status=[JobStatus.UNCONFIRMED], limit=None):
             rt = self.hosts.get(job["host"])
             if rt is not None and rt.ready:
                 self._ingesters[rt.config.name].submit(self._guard, self._confirm, job)
@@ -631,11 +641,11 @@ class Scheduler:
         host = job["host"]
         found = self.request(host, "status", {"job_ids": [self.host_job_id(job["job_id"])]}).get("jobs", [])
         current = self.history.get_job(job["job_id"])
-        if current is not None and current["status"] == "unconfirmed":
+        if current is not None and current["status"] == JobStatus.UNCONFIRMED:
             self._settle(host, current, found[0] if found else None)
 
     def _live_ingest(self) -> None:
-        for job in self.history.jobs(status=["running"], limit=None):
+        for job in self.history.jobs(status=[JobStatus.RUNNING], limit=None):
             rt = self.hosts.get(job["host"])
             if rt is not None and rt.ready:
                 self._ingesters[rt.config.name].submit(self._guard, self._ingest, rt.config.name, job["job_id"])

@@ -27,10 +27,9 @@ from .gpu_classes import CPU_CLASS, gpu_class
 from .history import History, SnapshotWriter, UserSqlError, run_user_sql
 from .hosts_config import HostsFile
 from .models import (
-    ACTIVE_STATUSES, TERMINAL_STATUSES, CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView,
-    HypothesisList, HypothesisResult, HypothesisStatusName, JobDetail, JobDetails, JobList, JobSpec,
-    JobStatusName, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult, SubmittedJob,
-    Suggestions, WaitResult, check_job_id, iso, next_page,
+    CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
+    JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult,
+    SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
@@ -40,6 +39,10 @@ from .research import (
     suggest_configs, triage, warm_trials,
 )
 from .scheduler import Scheduler, SchedulerSettings
+from .vocabulary import (
+    ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
+    HypothesisStatus, JobStatus,
+)
 
 log = logging.getLogger("arc.service")
 
@@ -202,7 +205,7 @@ class Service:
     @staticmethod
     def _check_trainer_config(spec: JobSpec) -> None:
         """Overrides the packaged trainer would refuse are refused now, not after a queue wait and a start-up."""
-        from trainer.config import ConfigError, resolve_config
+        from trainer.contract import ConfigError, resolve_config
 
         overrides = [workloads.format_override(k, v) for k, v in (spec.config or {}).items()]
         try:
@@ -273,11 +276,11 @@ class Service:
             raise ArcError(f"nothing submitted; {e}") from None
         ids = self.history.new_job_ids(len(rows))
         for job_id, row in zip(ids, rows):
-            row.update(job_id=job_id, status="queued")
+            row.update(job_id=job_id, status=JobStatus.QUEUED)
         self.history.insert_jobs(rows)
         self.scheduler.wake()
         time.sleep(0.05)   # let the dispatcher place what fits now, so the answer can say where
-        queued = [j["job_id"] for j in self.history.jobs(status=["queued"], order="priority desc, job_num asc",
+        queued = [j["job_id"] for j in self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc",
                                                            limit=None)]
         out = []
         for job_id in ids:
@@ -305,7 +308,7 @@ class Service:
         return JobDetails(summary=", ".join(f"{n} {s}" for s, n in counts.items()), jobs=details)
 
     @operation(cli="jobs", effect="read", offline=True)
-    def list_jobs(self, status: Annotated[list[JobStatusName] | None, Cli(repeat=True)] = None,
+    def list_jobs(self, status: Annotated[list[JobStatus] | None, Cli(repeat=True)] = None,
                   host: str | None = None, tag: str | None = None,
                   hypothesis_id: Annotated[str | None, Cli("--hypothesis")] = None,
                   limit: Annotated[int, Field(ge=1, le=MAX_ROWS)] = 20,
@@ -399,11 +402,11 @@ class Service:
             finished = bool(done) if mode == "any" else not pending
             # Queued jobs behind a human checkpoint will not start within any wait: say so now.
             held = self.guard.last_held if self.guard is not None else None
-            stuck = bool(held and pending) and all(rows[j]["status"] in ("queued", "held") for j in pending)
+            stuck = bool(held and pending) and all(rows[j]["status"] in WAITING_STATUSES for j in pending)
             left = deadline - time.monotonic()
             if finished or stuck or left <= 0:
                 views = [self._job_view(rows[j]) for j in done]
-                ok = sum(1 for v in views if v.status == "succeeded")
+                ok = sum(1 for v in views if v.status == JobStatus.SUCCEEDED)
                 values = [v.metric for v in views if v.metric is not None]
                 best = (min if self.metric_direction == "min" else max)(values, default=None)
                 summary = f"{len(done)} of {len(job_ids)} ended ({ok} succeeded)" + (
@@ -500,7 +503,7 @@ class Service:
         return status
 
     def _floors(self) -> dict[str, NoiseFloor]:
-        return noise_floors(self.history.jobs(tag=NOISE_TAG, status="succeeded", limit=None))
+        return noise_floors(self.history.jobs(tag=NOISE_TAG, status=JobStatus.SUCCEEDED, limit=None))
 
     def _busiest_class(self, rows: list[dict]) -> str | None:
         """The GPU class with the most finished runs: the history suggestions learn from when none is named."""
@@ -518,7 +521,7 @@ class Service:
         every suggestion carries them. Mix them into a wave: submit_jobs with each as config."""
         if not self.research.search_space:
             raise ArcError("research.yaml declares no search_space; add one to get suggestions")
-        rows = self.history.jobs(status="succeeded", limit=None)
+        rows = self.history.jobs(status=JobStatus.SUCCEEDED, limit=None)
         gpu_class = gpu_class or self._busiest_class(rows)
         shared = {**(fixed or {}), **({"preset": preset} if preset else {})}
         try:
@@ -634,10 +637,10 @@ class Service:
         return result
 
     def _triage(self, row: dict) -> Triage | None:
-        if row["status"] not in ("failed", "timeout", "lost"):
+        if row["status"] not in FAILED_STATUSES:
             return None
         tail = ""
-        if row["status"] != "lost" and row.get("host"):
+        if row["status"] != JobStatus.LOST and row.get("host"):
             try:
                 tail = self.tail_log(row["job_id"], lines=80).text
             except ArcError:
@@ -668,7 +671,7 @@ class Service:
 
     @operation(cli="hypotheses update", effect="writes")
     def update_hypothesis(self, hyp_id: Annotated[str, Cli(positional=True)],
-                          status: HypothesisStatusName | None = None, verdict: str | None = None,
+                          status: HypothesisStatus | None = None, verdict: str | None = None,
                           effect_size: float | None = None,
                           add_jobs: Annotated[list[str] | None, Cli("--job", repeat=True)] = None,
                           compare: Sides | None = None) -> HypothesisResult:
@@ -679,7 +682,7 @@ class Service:
         if compare is not None:
             sides = compare if isinstance(compare, Sides) else Sides.model_validate(compare)
             result = self.compare_runs(sides.a, sides.b)
-            if not result.comparable and status in ("supported", "refuted"):
+            if not result.comparable and status in DECIDED_HYPOTHESIS_STATUSES:
                 raise ArcError(f"{hyp_id} cannot be {status} on this comparison: {result.summary}")
             verdict = f"{verdict.strip()}; {result.summary}" if verdict and verdict.strip() else result.summary
             effect_size = result.diff if effect_size is None else effect_size
@@ -687,7 +690,7 @@ class Service:
         return hypotheses.update_hypothesis(self.history, hyp_id, status, verdict, effect_size, add_jobs)
 
     @operation(cli="hypotheses list", effect="read", offline=True)
-    def list_hypotheses(self, status: HypothesisStatusName | None = None,
+    def list_hypotheses(self, status: HypothesisStatus | None = None,
                         limit: Annotated[int, Field(ge=1, le=200)] = 20,
                         offset: Annotated[int, Field(ge=0)] = 0) -> HypothesisList:
         """Hypotheses, newest first, with status, verdict, effect size and linked jobs; 20 per page."""

@@ -17,10 +17,11 @@ import pytest
 from mcp_server.daemon_client import DaemonClient
 from mcp_server.daemon_state import lock_is_held
 from mcp_server.paths import StatePaths
+from mcp_server.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from tests.test_agent_support import ledger_violations, read_ledger
 
 REPO = Path(__file__).resolve().parent.parent
-TERMINAL = ("succeeded", "failed", "cancelled", "timeout", "lost")
+TERMINAL = TERMINAL_STATUSES
 T = TypeVar("T")
 
 # A workload: `steps` @arc lines (x depends on the job's tag, so every job's values differ), then autoresearch's
@@ -157,8 +158,7 @@ class Arc:
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no job of the history is queued or in flight."""
-        active = ["queued", "held", "dispatching", "unconfirmed", "running", "unknown"]
-        wait_for(lambda: self.call("list_jobs", status=active, limit=1)["total"] == 0, timeout,
+        wait_for(lambda: self.call("list_jobs", status=list(ACTIVE_STATUSES), limit=1)["total"] == 0, timeout,
                  "every job of the history to end")
 
     def kill9(self) -> None:

@@ -7,8 +7,8 @@ import time
 import duckdb
 import pytest
 
-from mcp_server.history import (History, HistoryBusyError, HistoryError, Migration, describe_history, gpu_class_of,
-                                run_user_sql, EXAMPLES)
+from mcp_server.history import (History, HistoryBusyError, HistoryError, Migration, describe_history, run_user_sql,
+                                EXAMPLES)
 from mcp_server.history import schema
 
 
@@ -16,6 +16,12 @@ from mcp_server.history import schema
 def history(tmp_path):
     with History(tmp_path / "history.duckdb") as h:
         yield h
+
+
+def rows(history: History, sql: str) -> list[dict]:
+    cur = history.cursor().execute(sql)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 def marker(seq: int, **data) -> dict:
@@ -248,24 +254,17 @@ def test_hosts_and_gpus_upsert_only_what_is_given(history):
     history.upsert_hosts([{"name": "a", "transport": "ssh", "address": "10.77.0.11", "labels": ["fast"],
                            "cost_per_gpu_hour": 2.5, "reachable": True}])
     history.upsert_hosts([{"name": "a", "reachable": False, "last_error": "timeout"}, {"name": "b"}])
-    a, b = history.hosts()
+    a, b = rows(history, "SELECT * FROM hosts ORDER BY name")
     assert (a["address"], a["labels"], a["reachable"], a["last_error"]) == ("10.77.0.11", ["fast"], False, "timeout")
     assert b["name"] == "b" and b["transport"] is None
     history.upsert_gpus("a", [{"index": 0, "uuid": "GPU-x", "name": "NVIDIA H100 80GB HBM3",
                                "memory_total_mb": 81559.0, "simulated": True}])
     history.upsert_gpus("a", [{"index": 0, "uuid": "GPU-x", "name": "NVIDIA H200", "memory_total_mb": 143771.0,
                                "simulated": False}])
-    (gpu,) = history.gpus("a")
+    (gpu,) = rows(history, "SELECT * FROM gpus WHERE host = 'a'")
     assert (gpu["model"], gpu["gpu_class"], gpu["memory_total_mb"]) == ("NVIDIA H200", "H200", 143771.0)
     with pytest.raises(HistoryError, match="host without a name"):
         history.upsert_hosts([{"address": "x"}])
-
-
-@pytest.mark.parametrize("model, expected", [
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H200", "H200"),
-    ("NVIDIA A100-SXM4-80GB", "A100 SXM4"), ("H100", "H100"), (None, None)])
-def test_gpu_class_of(model, expected):
-    assert gpu_class_of(model) == expected
 
 
 def test_metric_series_is_downsampled_keeping_the_ends(history):
@@ -278,21 +277,6 @@ def test_metric_series_is_downsampled_keeping_the_ends(history):
     assert series[a]["step"] == sorted(series[a]["step"])
     assert series[b]["value"] == [1.0] * 5 and series["j99"]["step"] == []
     assert history.metric_names(a) == ["train_loss"]
-
-
-def test_best_per_gpu_class_and_leaderboard(history):
-    values = [("H100", "succeeded", 0.99), ("H100", "succeeded", 0.97), ("H100", "failed", 0.5),
-              ("H200", "succeeded", 0.96), ("H200", "succeeded", float("nan"))]
-    ids = history.insert_jobs([{"argv": ["x"], "gpu_class": c} for c, _, _ in values])
-    for job_id, (_, status, value) in zip(ids, values):
-        history.ingest(job_id, finished(status), [summary(0, val_bpb=value)])
-    best = history.best_per_gpu_class()
-    assert [(b["gpu_class"], b["job_id"], b["best_value"], b["runs"]) for b in best] == [
-        ("H100", ids[1], 0.97, 2), ("H200", ids[3], 0.96, 1)]
-    assert [r["job_id"] for r in history.leaderboard(gpu_class="H100")] == [ids[1], ids[0]]
-    assert [r["job_id"] for r in history.leaderboard(direction="max", limit=1)] == [ids[0]]
-    with pytest.raises(HistoryError, match="direction 'lowest'"):
-        history.leaderboard(direction="lowest")
 
 
 def test_events_page_forward_or_show_the_latest(history):
@@ -366,3 +350,20 @@ def test_a_read_only_history_reads_and_refuses_writes(tmp_path):
         assert run_user_sql(path, "SELECT job_id FROM jobs").rows == [["j1"]]
     with History(path, read_only=True) as ro:
         assert ro.schema_version == schema.MIGRATIONS[-1].version
+
+
+def test_the_schema_admits_exactly_the_vocabulary(history):
+    from mcp_server.vocabulary import HYPOTHESIS_STATUSES, JOB_STATUSES
+
+    ids = history.insert_jobs([{"argv": ["x"], "status": s} for s in JOB_STATUSES])
+    assert [history.get_job(j)["status"] for j in ids] == list(JOB_STATUSES)
+    with pytest.raises(HistoryError, match="status 'held' is not one of queued, dispatching"):
+        history.insert_jobs([{"argv": ["x"], "status": "held"}])
+    cur = history.cursor()
+    with pytest.raises(duckdb.ConstraintException):     # the CHECK itself, for writers that skip the store
+        cur.execute("UPDATE jobs SET status = 'held' WHERE job_id = ?", [ids[0]])
+    hyp = history.add_hypothesis("wider is better")
+    for status in HYPOTHESIS_STATUSES:
+        assert history.update_hypothesis(hyp, status=status)["status"] == status
+    with pytest.raises(duckdb.ConstraintException):
+        cur.execute("UPDATE hypotheses SET status = 'closed' WHERE hyp_id = ?", [hyp])

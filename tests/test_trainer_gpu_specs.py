@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.gpu_specs import GpuSpec, known_classes, lookup
+from trainer.gpu_specs import REPORTED_NAMES, GpuSpec, known_classes, lookup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,11 @@ def test_every_class_name_looks_up_to_itself_and_ranking_is_fastest_first() -> N
     peaks = [s.peak_bf16_tflops for s in classes]
     assert peaks == sorted(peaks, reverse=True)
     assert classes[0].gpu_class == "B200"
+
+
+def test_every_class_has_one_reported_name_that_looks_up_to_it() -> None:
+    assert set(REPORTED_NAMES) == {s.gpu_class for s in known_classes()}
+    assert {c: lookup(n).gpu_class for c, n in REPORTED_NAMES.items()} == {c: c for c in REPORTED_NAMES}
 
 
 def test_imports_without_torch() -> None:

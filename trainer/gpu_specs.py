@@ -47,6 +47,15 @@ _RULES: list[tuple[str, GpuSpec]] = [
     (r"RTX ?3090(?!\s*TI)", GpuSpec("RTX3090", 71.0)),
 ]
 
+# One name per class as NVML (and torch) report it: what hosts actually send, for tests and examples.
+REPORTED_NAMES: dict[str, str] = {
+    "B200": "NVIDIA B200", "GH200": "NVIDIA GH200 480GB", "H200-NVL": "NVIDIA H200 NVL", "H200": "NVIDIA H200",
+    "H100-NVL": "NVIDIA H100 NVL", "H100-PCIe": "NVIDIA H100 PCIe", "H100-SXM": "NVIDIA H100 80GB HBM3",
+    "A100-80GB": "NVIDIA A100-SXM4-80GB", "A100-40GB": "NVIDIA A100-SXM4-40GB", "L40S": "NVIDIA L40S",
+    "L40": "NVIDIA L40", "L4": "NVIDIA L4", "A10": "NVIDIA A10", "RTX4090": "NVIDIA GeForce RTX 4090",
+    "RTX3090": "NVIDIA GeForce RTX 3090",
+}
+
 
 def lookup(name: str) -> GpuSpec | None:
     """The spec for a GPU model name, or None when the model is not in the table."""

@@ -6,15 +6,13 @@
 - `describe_history` / `History.describe()`: tables, columns and example queries for whoever writes SQL.
 """
 from .describe import EXAMPLES, describe_history
-from .schema import (HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, MIGRATIONS, SUMMARY_COLUMNS,
-                     TERMINAL_JOB_STATUSES, Migration)
+from .schema import MIGRATIONS, SUMMARY_COLUMNS, Migration
 from .snapshot import SnapshotWriter
-from .store import History, HistoryBusyError, HistoryError, SnapshotInfo, gpu_class_of
+from .store import History, HistoryBusyError, HistoryError, SnapshotInfo
 from .usersql import UserSqlError, UserSqlResult, run_user_sql
 
 __all__ = [
-    "History", "HistoryError", "HistoryBusyError", "SnapshotInfo", "SnapshotWriter", "gpu_class_of",
+    "History", "HistoryError", "HistoryBusyError", "SnapshotInfo", "SnapshotWriter",
     "run_user_sql", "UserSqlError", "UserSqlResult", "describe_history", "EXAMPLES",
-    "JOB_STATUSES", "TERMINAL_JOB_STATUSES", "HYPOTHESIS_STATUSES", "JOB_KINDS", "SUMMARY_COLUMNS",
-    "MIGRATIONS", "Migration",
+    "SUMMARY_COLUMNS", "MIGRATIONS", "Migration",
 ]

@@ -6,16 +6,22 @@ from typing import Any
 
 import duckdb
 
+from ..gpu_classes import gpu_class
+from ..vocabulary import FAILED_STATUSES, JobStatus, sql_list
 from .schema import INTERNAL_TABLES
+
+# Values as the history holds them: a class is what placement stamps on jobs and inventory on gpus.
+_OK = f"status = '{JobStatus.SUCCEEDED}'"
+_H100 = gpu_class("NVIDIA H100 80GB HBM3")
 
 EXAMPLES: list[dict[str, str]] = [
     {"title": "best val_bpb per GPU class",
      "sql": "SELECT gpu_class, min(val_bpb) AS best_val_bpb, arg_min(job_id, val_bpb) AS job_id, count(*) AS runs\n"
-            "FROM runs WHERE status = 'succeeded' AND val_bpb IS NOT NULL\n"
+            f"FROM runs WHERE {_OK} AND val_bpb IS NOT NULL\n"
             "GROUP BY gpu_class ORDER BY best_val_bpb"},
     {"title": "top 10 runs within one GPU class",
      "sql": "SELECT job_id, val_bpb, seed, config, hypothesis_id FROM runs\n"
-            "WHERE status = 'succeeded' AND gpu_class = 'H100' ORDER BY val_bpb LIMIT 10"},
+            f"WHERE {_OK} AND gpu_class = '{_H100}' ORDER BY val_bpb LIMIT 10"},
     {"title": "one job's training-loss curve",
      "sql": "SELECT step, value AS train_loss FROM metrics\n"
             "WHERE job_id = 'j1' AND name = 'train_loss' ORDER BY seq"},
@@ -24,13 +30,13 @@ EXAMPLES: list[dict[str, str]] = [
             "FROM hypothesis_jobs hj JOIN runs r USING (job_id) WHERE hj.hyp_id = 'h1' ORDER BY r.val_bpb"},
     {"title": "failures by reason",
      "sql": "SELECT status, coalesce(reason, 'exit code ' || exit_code) AS why, count(*) AS jobs\n"
-            "FROM jobs WHERE status IN ('failed', 'timeout', 'lost') GROUP BY ALL ORDER BY jobs DESC"},
+            f"FROM jobs WHERE status IN ({sql_list(FAILED_STATUSES)}) GROUP BY ALL ORDER BY jobs DESC"},
     {"title": "GPU-hours per host",
      "sql": "SELECT host, round(sum(gpu_seconds) / 3600, 2) AS gpu_hours, count(*) AS jobs\n"
             "FROM jobs WHERE gpu_seconds IS NOT NULL GROUP BY host ORDER BY gpu_hours DESC"},
-    {"title": "effect of one config value (mean val_bpb per learning rate)",
-     "sql": "SELECT config ->> 'lr' AS lr, avg(val_bpb) AS mean_val_bpb, count(*) AS runs FROM runs\n"
-            "WHERE status = 'succeeded' GROUP BY lr ORDER BY mean_val_bpb"},
+    {"title": "effect of one config value (mean val_bpb per matrix_lr)",
+     "sql": "SELECT config ->> 'matrix_lr' AS matrix_lr, avg(val_bpb) AS mean_val_bpb, count(*) AS runs FROM runs\n"
+            f"WHERE {_OK} GROUP BY matrix_lr ORDER BY mean_val_bpb"},
     {"title": "what happened in the last hour",
      "sql": "SELECT t, job_id, kind, old_status, new_status, reason FROM events\n"
             "WHERE t > now() - INTERVAL 1 HOUR ORDER BY event_id DESC LIMIT 20"},
@@ -39,8 +45,8 @@ EXAMPLES: list[dict[str, str]] = [
 NOTES = [
     "One SELECT (or WITH ... SELECT) per query, read-only; results are capped, long queries are stopped.",
     "Timestamps are TIMESTAMPTZ in UTC: compare with now() - INTERVAL 1 HOUR.",
-    "JSON columns (config, summary, info, requirements, env, data): config ->> 'lr' gives text; "
-    "TRY_CAST(config ->> 'lr' AS DOUBLE) a number.",
+    "JSON columns (config, summary, info, requirements, env, data): config ->> 'matrix_lr' gives text; "
+    "TRY_CAST(config ->> 'matrix_lr' AS DOUBLE) a number.",
     "Compare runs within one gpu_class: identical configs score differently on different GPUs.",
 ]
 

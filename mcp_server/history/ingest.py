@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .schema import TERMINAL_JOB_STATUSES
+from ..vocabulary import TERMINAL_STATUSES
 from .values import from_json, to_json, utc
 
 
@@ -119,7 +119,7 @@ def plan_ingest(job: Mapping[str, Any], state: Mapping[str, Any] | None,
     status_reason = None
     if state:
         wanted.update(_from_state(job, state))
-        if state.get("status") in TERMINAL_JOB_STATUSES and state["status"] != job["status"]:
+        if state.get("status") in TERMINAL_STATUSES and state["status"] != job["status"]:
             wanted["status"] = state["status"]
             status_reason = state.get("reason") or f"host reported {state['status']}"
 

@@ -16,13 +16,9 @@ from typing import Callable
 
 import duckdb
 
+from ..vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, sql_list
 from .values import first_row
 
-JOB_STATUSES = ("queued", "held", "dispatching", "unconfirmed", "running", "unknown",
-                "succeeded", "failed", "cancelled", "timeout", "lost")
-TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timeout", "lost"})
-HYPOTHESIS_STATUSES = ("open", "supported", "refuted", "abandoned")
-JOB_KINDS = ("trainer", "command")
 
 # autoresearch's final `---` block keys that the `runs` view turns into columns.
 SUMMARY_COLUMNS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
@@ -37,10 +33,6 @@ class Migration:
     version: int
     description: str
     apply: Callable[[duckdb.DuckDBPyConnection], None]
-
-
-def _sql_list(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
 
 
 def comment(cur: duckdb.DuckDBPyConnection, relation: str, doc: str, columns: dict[str, str]) -> None:
@@ -81,7 +73,7 @@ _JOBS_DOC = {
     "gpu_indices": "GPU indices on that host",
     "gpu_uuids": "GPU uuids it ran on",
     "gpu_model": "GPU model name, e.g. 'NVIDIA H100 80GB HBM3'",
-    "gpu_class": "GPU class for fair comparisons, e.g. 'H100'",
+    "gpu_class": "GPU class for fair comparisons, e.g. 'H100-SXM' (see gpus.gpu_class)",
     "exit_code": "process exit code",
     "signal": "signal that ended the process, if any",
     "reason": "why it ended or changed state when not by itself",
@@ -98,6 +90,8 @@ _JOBS_DOC = {
 }
 
 
+# The CHECK lists come from mcp_server/vocabulary.py. A history made before `held` left the vocabulary still admits
+# it in its CHECK (DuckDB cannot alter one); nothing writes it, and the store refuses it before any write.
 def _v1(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute(f"""
         CREATE TABLE counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
@@ -109,13 +103,13 @@ def _v1(cur: duckdb.DuckDBPyConnection) -> None:
             job_num BIGINT NOT NULL UNIQUE,
             name VARCHAR,
             launch_token VARCHAR,
-            status VARCHAR NOT NULL CHECK (status IN ({_sql_list(JOB_STATUSES)})),
+            status VARCHAR NOT NULL CHECK (status IN ({sql_list(JOB_STATUSES)})),
             submitted_at TIMESTAMPTZ NOT NULL,
             started_at TIMESTAMPTZ,
             ended_at TIMESTAMPTZ,
             updated_at TIMESTAMPTZ NOT NULL,
             submitted_by VARCHAR,
-            kind VARCHAR NOT NULL CHECK (kind IN ({_sql_list(JOB_KINDS)})),
+            kind VARCHAR NOT NULL CHECK (kind IN ({sql_list(JOB_KINDS)})),
             argv VARCHAR[],
             env JSON,
             config JSON,
@@ -203,7 +197,7 @@ def _v1(cur: duckdb.DuckDBPyConnection) -> None:
             updated_at TIMESTAMPTZ NOT NULL,
             text VARCHAR NOT NULL,
             rationale VARCHAR,
-            status VARCHAR NOT NULL CHECK (status IN ({_sql_list(HYPOTHESIS_STATUSES)})),
+            status VARCHAR NOT NULL CHECK (status IN ({sql_list(HYPOTHESIS_STATUSES)})),
             verdict VARCHAR,
             effect_size DOUBLE,
             jobs VARCHAR[] NOT NULL,
@@ -326,10 +320,16 @@ def _v3(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute("INSERT INTO meta VALUES ('history_id', ?)", [secrets.token_hex(4)])
 
 
+def _v4(cur: duckdb.DuckDBPyConnection) -> None:
+    """Nothing learns a host's torch version (the agent's hello does not carry it), so the column stayed NULL."""
+    cur.execute("ALTER TABLE hosts DROP COLUMN torch")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "jobs, metrics, events, hosts, gpus, hypotheses; runs and hypothesis_jobs views", _v1),
     Migration(2, "approvals (research checkpoints)", _v2),
     Migration(3, "meta: the history's own id", _v3),
+    Migration(4, "hosts: drop torch, which nothing writes", _v4),
 ]
 
 

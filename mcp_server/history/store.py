@@ -27,7 +27,9 @@ import pyarrow as pa
 
 from .describe import describe_history
 from .ingest import plan_ingest
-from .schema import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, migrate
+from ..gpu_classes import gpu_class
+from ..vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
+from .schema import migrate
 from .values import first_row, from_json, now, to_json, utc
 
 DEFAULT_PRIMARY_METRIC = "val_bpb"
@@ -296,7 +298,7 @@ class History:
                     raise HistoryError(f"job id {job_id!r} was not allocated by new_job_ids(); "
                                        "reserve ids with new_job_ids() or leave job_id out")
                 job.update(job_id=job_id, job_num=int(match.group(1)), metrics_seq=-1)
-                job.setdefault("status", "queued")
+                job.setdefault("status", JobStatus.QUEUED)
                 job.setdefault("kind", "command" if job.get("argv") else "trainer")
                 job.setdefault("submitted_at", t)
                 job.setdefault("updated_at", t)
@@ -474,27 +476,6 @@ class History:
             s["value"].append(value)
         return series
 
-    # ---- leaderboard helpers --------------------------------------------------------------------------------
-
-    def best_per_gpu_class(self, direction: str = "min", status: str = "succeeded") -> list[dict[str, Any]]:
-        """Per (gpu_class, primary_metric): the best primary_value, the job that got it and how many runs."""
-        pick = _direction(direction)
-        return self._query(f"""
-            SELECT gpu_class, primary_metric, arg_{pick}(job_id, primary_value) AS job_id,
-                   {pick}(primary_value) AS best_value, count(*) AS runs
-            FROM jobs WHERE status = ? AND primary_value IS NOT NULL AND NOT isnan(primary_value)
-            GROUP BY ALL ORDER BY gpu_class NULLS LAST, primary_metric""", [status])
-
-    def leaderboard(self, gpu_class: str | None = None, direction: str = "min", limit: int = 20,
-                    offset: int = 0) -> list[dict[str, Any]]:
-        """Succeeded runs (the `runs` view) ranked by primary_value, optionally within one GPU class."""
-        order = "ASC" if _direction(direction) == "min" else "DESC"
-        clause, params = ("AND gpu_class = ?", [gpu_class]) if gpu_class is not None else ("", [])
-        return self._query(f"""
-            SELECT * FROM runs WHERE status = 'succeeded' AND primary_value IS NOT NULL
-              AND NOT isnan(primary_value) {clause}
-            ORDER BY primary_value {order}, job_num LIMIT ? OFFSET ?""", params + [limit, offset])
-
     # ---- events ---------------------------------------------------------------------------------------------
 
     def _add_event(self, cur: duckdb.DuckDBPyConnection, kind: str, reason: str | None, *, job_id: str | None = None,
@@ -550,8 +531,8 @@ class History:
                             [self._to_db("hosts", n, host[n]) for n in names])
 
     def upsert_gpus(self, host: str, gpus: Sequence[Mapping[str, Any]]) -> None:
-        """Record a host's GPUs from an agent inventory (GpuInfo: index, uuid, name, memory_total_mb, simulated;
-        an optional gpu_class, else derived from the name by `gpu_class_of`)."""
+        """Record a host's GPUs from an agent inventory (GpuInfo: index, uuid, name, memory_total_mb, simulated).
+        The class comes from `gpu_classes.gpu_class`, the rule placement stamps on jobs, so the two tables join."""
         t = now()
         with self.transaction() as cur:
             for gpu in gpus:
@@ -562,16 +543,8 @@ class History:
                         gpu_class = excluded.gpu_class, memory_total_mb = excluded.memory_total_mb,
                         simulated = excluded.simulated, last_seen = excluded.last_seen""",
                             [host, gpu.get("index", gpu.get("idx")), gpu.get("uuid"), model,
-                             gpu.get("gpu_class") or gpu_class_of(model), gpu.get("memory_total_mb"),
+                             gpu_class(model), gpu.get("memory_total_mb"),
                              bool(gpu.get("simulated", False)), t])
-
-    def hosts(self) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM hosts ORDER BY name")
-
-    def gpus(self, host: str | None = None) -> list[dict[str, Any]]:
-        if host is None:
-            return self._query("SELECT * FROM gpus ORDER BY host, idx")
-        return self._query("SELECT * FROM gpus WHERE host = ? ORDER BY idx", [host])
 
     # ---- hypotheses -----------------------------------------------------------------------------------------
 
@@ -583,8 +556,9 @@ class History:
         with self.transaction() as cur:
             (num,) = self._next_numbers(cur, "hypothesis", 1)
             hyp_id = f"h{num}"
-            cur.execute("INSERT INTO hypotheses VALUES (?, ?, ?, ?, ?, ?, 'open', NULL, NULL, [], ?, ?)",
-                        [hyp_id, num, t, t, text.strip(), rationale, list(tags) if tags else None, created_by])
+            cur.execute("INSERT INTO hypotheses VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, [], ?, ?)",
+                        [hyp_id, num, t, t, text.strip(), rationale, HypothesisStatus.OPEN,
+                         list(tags) if tags else None, created_by])
             self._add_event(cur, "hypothesis", "added", data={"hyp_id": hyp_id})
         return hyp_id
 
@@ -740,26 +714,9 @@ def _check_choice(what: str, value: Any, allowed: Sequence[str]) -> None:
         raise HistoryError(f"{what} {value!r} is not one of {', '.join(allowed)}")
 
 
-def _direction(direction: str) -> str:
-    if direction not in ("min", "max"):
-        raise HistoryError(f"direction {direction!r}: use 'min' (lower is better) or 'max'")
-    return direction
-
-
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def gpu_class_of(model: str | None) -> str | None:
-    """The class used for fair comparisons: the model name without vendor words and memory size, keeping the
-    form factor ('NVIDIA H100 80GB HBM3' -> 'H100', 'NVIDIA H100 PCIe' -> 'H100 PCIe', 'NVIDIA H200' -> 'H200',
-    'NVIDIA A100-SXM4-80GB' -> 'A100 SXM4')."""
-    if not model:
-        return None
-    words = [w for w in re.split(r"[\s\-_]+", model.strip())
-             if w and w.upper() != "NVIDIA" and not re.fullmatch(r"\d+GB|HBM\d*E?", w, re.IGNORECASE)]
-    return " ".join(words) or model.strip()

@@ -352,8 +352,8 @@ def _fields_at(loc: tuple) -> list[str]:
 
 def baseline_for(cfg: ResearchConfig, preset: str | None = None) -> dict[str, Any]:
     """The values of keys a job leaves unset: research.yaml's `baseline` over the packaged trainer's settings for
-    the job's preset (trainer/config.py, torch-free), so the file need not repeat the trainer's defaults."""
-    from trainer.config import PRESETS, Config
+    the job's preset (trainer/contract.py, torch-free), so the file need not repeat the trainer's defaults."""
+    from trainer.contract import PRESETS, Config
 
     values = PRESETS.get(preset or "default")
     trainer = dataclasses.asdict(Config(**values)) if values is not None else {}

@@ -199,10 +199,6 @@ class Guardrails:
         budgets = self.cfg.budgets.gpu_hours is not None or self.cfg.budgets.money is not None
         check_submission(self.cfg, rows, self.usage() if budgets else Usage(), self.prices)
 
-    def gpu_cap(self) -> int | None:
-        """GPUs the campaign may hold at once (None: no cap); the scheduler places nothing beyond it."""
-        return self.cfg.max_gpus
-
     def _budget_spent(self, usage: Usage) -> str | None:
         b = self.cfg.budgets
         if b.gpu_hours is not None and usage.gpu_hours >= b.gpu_hours:

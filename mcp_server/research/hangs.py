@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
+from ..vocabulary import JobStatus
 from .config import ResearchConfig
 
 log = logging.getLogger("arc.research.hangs")
@@ -46,7 +47,7 @@ class HangWatch:
         if limit is None:
             return
         now = time.time()
-        running = self.history.jobs(status=["running"], limit=None)
+        running = self.history.jobs(status=[JobStatus.RUNNING], limit=None)
         alive = {j["job_id"] for j in running}
         for job_id in list(self._log_growth):
             if job_id not in alive:

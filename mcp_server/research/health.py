@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
+from ..vocabulary import JobStatus
+
 from .config import ChoiceParam, FloatParam, IntParam, ResearchConfig, baseline_for
 from .space import fmt, is_number, position
 
@@ -25,7 +27,7 @@ def _num(job: Mapping[str, Any]) -> int:
 
 def _ok(job: Mapping[str, Any]) -> bool:
     v = job.get("primary_value")
-    return job.get("status") == "succeeded" and v is not None and math.isfinite(v)
+    return job.get("status") == JobStatus.SUCCEEDED and v is not None and math.isfinite(v)
 
 
 def stagnation(cfg: ResearchConfig, jobs: list[Mapping[str, Any]]) -> list[str]:
@@ -33,7 +35,8 @@ def stagnation(cfg: ResearchConfig, jobs: list[Mapping[str, Any]]) -> list[str]:
     better = (lambda x, y: x < y) if cfg.metric.lower_is_better else (lambda x, y: x > y)
     out = []
     for cls in sorted({str(j.get("gpu_class")) for j in jobs if _ok(j)}):
-        ended = [j for j in jobs if str(j.get("gpu_class")) == cls and j.get("status") in ("succeeded", "failed")]
+        ended = [j for j in jobs if str(j.get("gpu_class")) == cls
+                 and j.get("status") in (JobStatus.SUCCEEDED, JobStatus.FAILED)]
         best, since = None, 0
         for j in ended:
             if _ok(j) and (best is None or better(j["primary_value"], best["primary_value"])):
@@ -77,7 +80,7 @@ def _third_bounds(spec: FloatParam | IntParam, i: int) -> str:
 
 
 def unexplored(cfg: ResearchConfig, jobs: list[Mapping[str, Any]]) -> list[str]:
-    tried = [j for j in jobs if j.get("status") != "cancelled"]
+    tried = [j for j in jobs if j.get("status") != JobStatus.CANCELLED]
     never, out = [], []
     for name, spec in cfg.search_space.items():
         values = [(j.get("config") or {})[name] for j in tried if name in (j.get("config") or {})]

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as scipy_stats
 
+from ..vocabulary import JobStatus
+
 NOISE_TAG = "noise"
 
 
@@ -125,7 +127,7 @@ def noise_floors(rows: Iterable[Mapping[str, Any]], tag: str = NOISE_TAG) -> dic
     groups: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         value = r.get("primary_value")
-        if tag not in (r.get("tags") or []) or r.get("status") != "succeeded" or value is None \
+        if tag not in (r.get("tags") or []) or r.get("status") != JobStatus.SUCCEEDED or value is None \
                 or not math.isfinite(value) or not r.get("gpu_class"):
             continue
         key = (r["gpu_class"], str(r.get("code_hash")), json.dumps(r.get("config") or {}, sort_keys=True))

@@ -16,6 +16,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from ..vocabulary import JobStatus
+
 from .config import ChoiceParam, FloatParam, ResearchConfig
 from .space import config_problems, param_problem
 
@@ -57,7 +59,7 @@ def warm_trials(cfg: ResearchConfig, rows: Iterable[Mapping[str, Any]], gpu_clas
     trials = []
     for r in rows:
         value = r.get("primary_value")
-        if r.get("status") != "succeeded" or value is None or not math.isfinite(value) \
+        if r.get("status") != JobStatus.SUCCEEDED or value is None or not math.isfinite(value) \
                 or (gpu_class is not None and r.get("gpu_class") != gpu_class):
             continue
         point = point_in_space(cfg, r.get("config"), fixed)

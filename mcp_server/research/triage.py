@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ..vocabulary import JobStatus
+
 Category = Literal["host_lost", "time_limit", "cancelled", "disk_full", "oom", "code_error", "nan", "killed", "failed"]
 
 MAX_EVIDENCE = 200
@@ -63,16 +65,16 @@ def triage(status: str, exit_code: int | None, signal: int | None, reason: str |
     """Classify an ended job that did not succeed (status failed, timeout, lost or cancelled)."""
     reason = reason or ""
     log = log_tail or ""
-    if status == "lost":
+    if status == JobStatus.LOST:
         return Triage(category="host_lost", summary=f"host lost: {reason or 'the host stopped answering'}",
                       remedy="rerun the job (rerun_job) on another host; list_gpus shows which hosts answer",
                       evidence=_line(reason) or None)
-    if status == "timeout" or re.search(r"time limit", reason, re.I):
+    if status == JobStatus.TIMEOUT or re.search(r"time limit", reason, re.I):
         return Triage(category="time_limit", summary=f"killed at the time limit ({reason or 'timeout'})",
                       remedy="if it was still making progress raise time_limit_s (within hard_limit_s) or lower "
                              "the time budget; if its log went quiet, look for a hang (tail_log)",
                       evidence=_last_error_line(log))
-    if status == "cancelled":
+    if status == JobStatus.CANCELLED:
         return Triage(category="cancelled", summary=f"cancelled ({reason or 'by request'})",
                       remedy="nothing to fix; resubmit if it is still wanted", evidence=None)
     if m := _DISK_FULL.search(log):

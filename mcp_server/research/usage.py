@@ -13,13 +13,11 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
-from ..history import History, TERMINAL_JOB_STATUSES
+from ..history import History
 from ..history.values import from_json
+from ..vocabulary import IN_FLIGHT_STATUSES, STARTED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, sql_list
 from .config import ResearchConfig
 
-WAITING_STATUSES = ("queued", "held")
-PLACED_STATUSES = ("dispatching", "unconfirmed", "running", "unknown")   # hold their GPUs
-STARTED_STATUSES = ("running", "unknown")   # their process runs: elapsed time is spent
 
 
 @dataclass(frozen=True)
@@ -98,13 +96,13 @@ def measure_usage(history: History, prices: Prices, now: float | None = None) ->
     for host, gpu_class, gpu_seconds in cur.execute(f"""
             SELECT host, gpu_class, sum(coalesce(gpu_seconds,
                        greatest(0, epoch(ended_at) - epoch(started_at)) * coalesce(len(gpu_indices), 0), 0))
-            FROM jobs WHERE status IN ({_sql_list(TERMINAL_JOB_STATUSES)}) GROUP BY ALL""").fetchall():
+            FROM jobs WHERE status IN ({sql_list(TERMINAL_STATUSES)}) GROUP BY ALL""").fetchall():
         spent += gpu_seconds
         money += gpu_seconds / 3600 * prices.per_gpu_hour(host, gpu_class)
     # Placed jobs one by one (few: at most one per GPU or CPU slot); waiting ones by kind (there may be many).
     for status, host, gpu_class, gpu_indices, started, budget, limit in cur.execute(f"""
             SELECT status, host, gpu_class, gpu_indices, epoch(started_at), time_budget_s, time_limit_s
-            FROM jobs WHERE status IN ({_sql_list(PLACED_STATUSES)})""").fetchall():
+            FROM jobs WHERE status IN ({sql_list(IN_FLIGHT_STATUSES)})""").fetchall():
         job = {"host": host, "gpu_indices": gpu_indices or [], "time_budget_s": budget, "time_limit_s": limit}
         gpus, price = job_gpus(job), prices.per_gpu_hour(host, gpu_class) / 3600
         elapsed = max(0.0, now - started) if status in STARTED_STATUSES and started is not None else 0.0
@@ -117,7 +115,7 @@ def measure_usage(history: History, prices: Prices, now: float | None = None) ->
         active += 1
     for requirements, seconds, count in cur.execute(f"""
             SELECT requirements, coalesce(time_budget_s, time_limit_s, 0), count(*)
-            FROM jobs WHERE status IN ({_sql_list(WAITING_STATUSES)}) GROUP BY ALL""").fetchall():
+            FROM jobs WHERE status IN ({sql_list(WAITING_STATUSES)}) GROUP BY ALL""").fetchall():
         req = from_json(requirements) or {}
         gpu_seconds = seconds * job_gpus({"requirements": req}) * count
         committed += gpu_seconds
@@ -125,7 +123,3 @@ def measure_usage(history: History, prices: Prices, now: float | None = None) ->
         active += count
     return Usage(gpu_seconds=spent, money=money, committed_gpu_seconds=committed, committed_money=committed_money,
                  gpus_in_use=in_use, active_jobs=active)
-
-
-def _sql_list(values) -> str:
-    return ", ".join(f"'{v}'" for v in sorted(values))

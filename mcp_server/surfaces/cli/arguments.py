@@ -9,6 +9,7 @@ import getpass
 import json
 import types
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,8 +82,10 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def _scalar(kind: Any) -> dict[str, Any]:
-    if typing.get_origin(kind) is Literal:
-        return {"choices": list(typing.get_args(kind)), "metavar": "{" + ",".join(typing.get_args(kind)) + "}"}
+    values = [m.value for m in kind] if isinstance(kind, type) and issubclass(kind, Enum) else \
+        list(typing.get_args(kind)) if typing.get_origin(kind) is Literal else None
+    if values is not None:
+        return {"choices": values, "metavar": "{" + ",".join(values) + "}"}
     return {"type": kind} if kind in (int, float) else {}
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ...models import ACTIVE_STATUSES
+from ...vocabulary import ACTIVE_STATUSES, JobStatus
 from .arguments import parse_overrides, subparser
 from .reach import call
 from .render import console, emit, render_jobs, render_submit
@@ -126,7 +126,7 @@ def cmd_wait(args) -> int:
             break
     result = {"summary": f"{len(done)} ended, {len(pending)} still pending", "jobs": done, "pending": pending}
     emit(args, result, lambda c, d: render_jobs(c, {**d, "summary": d["summary"]}))
-    ok = not pending and all(j["status"] == "succeeded" for j in done)
+    ok = not pending and all(j["status"] == JobStatus.SUCCEEDED for j in done)
     return 0 if ok else 1
 
 
