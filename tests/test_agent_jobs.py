@@ -100,8 +100,8 @@ def test_unmodified_autoresearch_output_gives_progress_live_and_the_summary(agen
 def test_parser_reads_a_crlf_once_across_chunks_and_leaves_unknown_progress_fields_out():
     out = []
     parser = MetricsParser(lambda source, data: out.append((source, data)))
-    for chunk in (b"---\r", b"\nval_bpb: 1.5\r\n", b"step 00007 (50.0%) | loss: nan | dt: 3s | colour: blue | tok/sec: 12",
-                  b"\r"):
+    for chunk in (b"---\r", b"\nval_bpb: 1.5\r\n",
+                  b"step 00007 (50.0%) | loss: nan | dt: 3s | colour: blue | tok/sec: 12", b"\r"):
         parser.feed(chunk)
     parser.close()
     assert out == [("summary", {"val_bpb": 1.5}), ("progress", {"step": 7, "progress_percent": 50.0, "tok_per_s": 12})]
