@@ -195,7 +195,7 @@ class JobState(TypedDict, total=False):
 class MetricRecord(TypedDict):
     seq: int                   # 0-based line number in metrics.jsonl: the idempotency key for ingestion
     t: float                   # host time the supervisor read the line
-    source: Literal["marker", "summary"]
+    source: Literal["marker", "summary", "progress"]   # see gpu_agent/metrics.py
     data: dict[str, Any]       # the parsed object: numbers are metrics, anything else is job info
 
 

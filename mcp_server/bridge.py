@@ -4,220 +4,280 @@ between stdio and the daemon's streamable HTTP endpoint on its owner-only unix s
 A relay rather than a second server: every Claude session then shares one queue, one history and one view of the
 GPUs, and the daemon keeps dispatching after the session ends. Nothing but protocol goes to stdout.
 
+Standard library only: the relay moves JSON-RPC lines and reads the few fields it needs (ids, methods, the
+session header), so it does not pay for importing the MCP SDK (seconds) before Claude Code's first answer. Each
+client request is one POST whose answer (JSON or an event stream) is copied to stdout, on a thread of its own so a
+long wait_for_jobs holds up nothing else. When stdin closes, the client is gone and so is the relay.
+
 A headless session runs for hours, so the relay outlives its daemon: when the daemon goes away (killed, crashed,
 stopped by a person to pick up a new hosts.yaml), the next message starts it again and the session's handshake
-is replayed to it, so Claude Code never notices a new session. A call of a read-only tool that was running when
-the daemon went away is sent again; a call that changes something is answered with an error that says so (it may
-or may not have taken effect: a submission is checked with list_jobs before it is repeated). Nothing recorded is
-lost across the restart: the history is on disk and the new daemon reconciles every job with its host.
+is replayed to it, so Claude Code never notices a new session (the same happens when the daemon has forgotten an
+idle session). A request that never reached the daemon is sent again. A call of a read-only tool that was running
+when the daemon went away is sent again; a call that changes something is answered with an error that says so (it
+may or may not have taken effect: a submission is checked with list_jobs before it is repeated). Nothing recorded
+is lost across the restart: the history is on disk and the new daemon reconciles every job with its host.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any, BinaryIO
 
-import anyio
-import httpx2
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from mcp.client.streamable_http import streamable_http_client
-from mcp.server.stdio import stdio_server
-from mcp.shared.message import SessionMessage
-from mcp.types import ErrorData, JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
-
-from .daemon_client import DaemonClient, DaemonError
+from .daemon_client import DaemonClient, DaemonError, _UnixConnection
 from .paths import StatePaths
 
 log = logging.getLogger("arc.bridge")
 
 REPLAY_ID = "arc-bridge-replay"     # the id of a replayed handshake; its answer is not the client's
-ATTEMPTS = 3                        # daemon (re)starts in a row before the waiting messages are refused
+ATTEMPTS = 3                        # losses in a row of one request before it is refused
 INTERNAL_ERROR = -32603
+CONNECT_TIMEOUT_S = 30.0
+SESSION_HEADER = "mcp-session-id"
+
+
+class NotDelivered(Exception):
+    """The daemon never got the message (no connection, or it had forgotten the session): safe to send again."""
 
 
 class DaemonGone(Exception):
-    """The connection to the daemon ended."""
+    """The connection broke after the message was sent: the daemon may have acted on it."""
 
 
 class Relay:
-    def __init__(self, client: DaemonClient, hosts_file: Path, research_file: Path | None,
-                 to_client: ObjectSendStream[SessionMessage]):
+    def __init__(self, client: DaemonClient, hosts_file: Path, research_file: Path | None, out: BinaryIO):
         self.client = client
         self.hosts_file = hosts_file
         self.research_file = research_file
-        self.to_client = to_client
-        self.handshake: JSONRPCRequest | None = None     # the client's initialize, once the daemon answered it
-        self.opening: JSONRPCRequest | None = None       # ... while it is on its way
-        self.in_flight: dict[str | int, JSONRPCRequest] = {}
-        self.connections = 0
-        self.daemon_pid: int | None = None
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.connect_lock = threading.Lock()   # one thread (re)starts the daemon and replays; the others wait
+        self.daemon: dict[str, Any] | None = None    # the info of the daemon this session talks to
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self.handshake: dict[str, Any] | None = None  # the client's initialize, once a daemon answered it
         self.read_only: set[str] = set()    # tools whose annotations say they change nothing: safe to send again
+        self.cancelled: set[Any] = set()    # request ids the client gave up on: never answered nor sent again
 
-    def daemon_alive(self) -> bool:
-        """The daemon this session talks to still runs (no query: its lock and info file)."""
-        return self.client.running() and self.client.info().get("pid") == self.daemon_pid
+    # ---- stdin ------------------------------------------------------------------------------------------------
 
-    async def run(self, inbox: ObjectReceiveStream[SessionMessage]) -> None:
-        """Until the client closes stdin: connect when there is something to send, reconnect when the daemon
-        goes away."""
-        backlog: list[SessionMessage] = []
+    def serve(self, stdin: BinaryIO) -> None:
+        """Until the client closes stdin."""
+        for line in stdin:
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError as e:
+                log.warning("from client: not JSON (%s): %.200r", e, line)
+                continue
+            if not isinstance(message, dict):
+                log.warning("from client: not a JSON-RPC message: %.200r", line)
+                continue
+            if "method" in message and "id" in message:
+                threading.Thread(target=self.request, args=(message,), daemon=True).start()
+            else:
+                self.notify(message)
+        self.end_session()
+
+    def request(self, message: dict[str, Any]) -> None:
         failures = 0
         while True:
-            if not backlog:
-                try:
-                    backlog.append(await inbox.receive())
-                except anyio.EndOfStream:
-                    return
-            connections = self.connections
             try:
-                info = await anyio.to_thread.run_sync(self._ensure)
-                await self._session(info, inbox, backlog)
-                return                                         # the client closed stdin
+                self._connect()
+                self._exchange(message)
+                return
             except DaemonError as e:
-                failures = ATTEMPTS
-                reason = f"arc's daemon cannot start: {e}"
-            except Exception as e:                          # the connection broke: anything httpx2 or anyio raise
-                failures = 1 if self.connections > connections else failures + 1
-                reason = f"arc's daemon went away ({_describe(e)})"
-                log.warning("%s; reconnecting (attempt %d of %d)", reason, failures, ATTEMPTS)
-            backlog = await self._after_loss(backlog, reason)
+                self._refuse(message, f"arc's daemon cannot start: {e}; see {self.client.paths.daemon_log}")
+                return
+            except NotDelivered as e:
+                reason = f"arc's daemon went away ({e})"
+            except DaemonGone as e:
+                reason = f"arc's daemon went away ({e})"
+                if message.get("id") in self.cancelled:
+                    return
+                if message["method"] == "tools/call" and _tool(message) not in self.read_only:
+                    self._refuse(message, f"{reason} during this call; the next call starts it again and every "
+                                 "recorded job and result is kept. Call the tool again; if it was a submission "
+                                 "(submit_jobs, rerun_job, measure_noise), check list_jobs first: it may have "
+                                 "been recorded")
+                    return
+            failures += 1
             if failures >= ATTEMPTS:
-                for message in backlog:
-                    await self._refuse(message, f"{reason}; see {self.client.paths.daemon_log}")
-                backlog, failures = [], 0
-            else:
-                await anyio.sleep(0.2 * failures)
+                self._refuse(message, f"{reason}; see {self.client.paths.daemon_log}")
+                return
+            log.warning("%s; reconnecting (attempt %d of %d)", reason, failures, ATTEMPTS)
+            time.sleep(0.2 * failures)
 
-    def _ensure(self) -> dict:
-        return self.client.ensure(self.hosts_file, self.research_file)
+    def notify(self, message: dict[str, Any]) -> None:
+        """A notification or an answer to the daemon: nothing to answer, and after a restart the replayed
+        handshake stands in for the client's own `initialized`."""
+        if message.get("method") == "notifications/cancelled":
+            self.cancelled.add((message.get("params") or {}).get("requestId"))
+        try:
+            self._connect()
+            self._exchange(message)
+        except (DaemonError, NotDelivered, DaemonGone) as e:
+            log.warning("could not pass %s to the daemon: %s", message.get("method", "an answer"), e)
 
-    async def _session(self, info: dict, inbox: ObjectReceiveStream[SessionMessage],
-                       backlog: list[SessionMessage]) -> None:
-        http = httpx2.AsyncClient(
-            transport=httpx2.AsyncHTTPTransport(uds=info["socket"]),
-            headers={"Authorization": f"Bearer {self.client.token()}"},
-            timeout=httpx2.Timeout(30.0, read=None),   # wait_for_jobs streams for as long as it waits
-        )
-        async with http, streamable_http_client("http://localhost/mcp", http_client=http) as (d_read, d_write):
-            self.daemon_pid = info.get("pid")
-            if self.handshake is not None:
-                await self._replay_handshake(d_read, d_write)
-            self.connections += 1
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._from_daemon, d_read)
-                while backlog:
-                    await self._to_daemon(d_write, backlog.pop(0))
-                async for message in inbox:
-                    if not self.daemon_alive():
-                        # Not sent yet, so safe to send to the next daemon: this is what spares the usual case
-                        # (the daemon died while the agent was thinking) an error answer.
-                        backlog.append(message)
-                        raise DaemonGone("the daemon stopped")
-                    await self._to_daemon(d_write, message)
-                tg.cancel_scope.cancel()                     # stdin closed: Claude Code ended the session
-
-    async def _replay_handshake(self, d_read, d_write) -> None:
-        """A restarted daemon knows no session: introduce the client again, as it introduced itself."""
-        await d_write.send(SessionMessage(self.handshake.model_copy(update={"id": REPLAY_ID})))
-        async for message in d_read:
-            if isinstance(message, Exception):
-                raise message
-            reply = message.message
-            if isinstance(reply, (JSONRPCResponse, JSONRPCError)) and reply.id == REPLAY_ID:
-                if isinstance(reply, JSONRPCError):
-                    raise DaemonGone(f"the restarted daemon refused the session: {reply.error.message}")
-                break
-        else:
-            raise DaemonGone("the daemon closed the connection during the handshake")
-        await d_write.send(SessionMessage(JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")))
-        log.info("session replayed to daemon %s", self.daemon_pid)
-
-    async def _to_daemon(self, d_write, message: SessionMessage) -> None:
-        m = message.message
-        if isinstance(m, JSONRPCRequest):
-            if m.method == "initialize":
-                self.opening = m
-            self.in_flight[m.id] = m
-        elif isinstance(m, JSONRPCNotification) and m.method == "notifications/cancelled":
-            self.in_flight.pop((m.params or {}).get("requestId"), None)
-        await d_write.send(message)
-
-    async def _from_daemon(self, d_read) -> None:
-        async for message in d_read:
-            if isinstance(message, Exception):
-                if isinstance(message, httpx2.TransportError):
-                    raise message
-                log.warning("from daemon: %s", message)
-                continue
-            m = message.message
-            if isinstance(m, JSONRPCError) and m.id in self.in_flight and not self.daemon_alive():
-                raise DaemonGone(m.error.message)   # the SDK's stand-in answer for a stream that broke
-            if isinstance(m, (JSONRPCResponse, JSONRPCError)):
-                request = self.in_flight.pop(m.id, None)
-                if request is not None and request.method == "tools/list" and isinstance(m, JSONRPCResponse):
-                    self.read_only |= {t["name"] for t in m.result.get("tools", [])
-                                       if (t.get("annotations") or {}).get("readOnlyHint")}
-                if self.opening is not None and m.id == self.opening.id and isinstance(m, JSONRPCResponse):
-                    self.handshake, self.opening = self.opening, None
-            await self.to_client.send(message)
-        raise DaemonGone("the daemon closed the connection")
-
-    async def _after_loss(self, backlog: list[SessionMessage], reason: str) -> list[SessionMessage]:
-        """What was in flight when the connection broke: a call of a tool that changes something is answered (it
-        may have run); anything else, read-only tools included, waits to be sent again, ahead of what had not
-        been sent yet."""
-        again = []
-        for request in self.in_flight.values():
-            if request.method == "tools/call" and (request.params or {}).get("name") not in self.read_only:
-                await self._refuse(SessionMessage(request), f"{reason} during this call; the next call starts it again "
-                                   "and every recorded job and result is kept. Call the tool again; if it was a "
-                                   "submission (submit_jobs, rerun_job, measure_noise), check list_jobs first: it "
-                                   "may have been recorded")
-            else:
-                again.append(SessionMessage(request))
-        self.in_flight.clear()
-        self.opening = None
-        return again + backlog
-
-    async def _refuse(self, message: SessionMessage, why: str) -> None:
-        """Answer a request the daemon could not: a tool call with an error result the model reads, any other
-        request with a JSON-RPC error. Notifications need no answer."""
-        m = message.message
-        if not isinstance(m, JSONRPCRequest):
+    def end_session(self) -> None:
+        """Tell the daemon the session is over, so it frees it now rather than after its idle timeout."""
+        if self.daemon is None or self.session_id is None:
             return
-        if m.method == "tools/call":
-            reply = JSONRPCResponse(jsonrpc="2.0", id=m.id,
-                                    result={"content": [{"type": "text", "text": why}], "isError": True})
+        try:
+            conn = self._connection(timeout=2.0)
+            conn.request("DELETE", "/mcp", headers=self._headers())
+            conn.getresponse().read()
+            conn.close()
+        except (OSError, http.client.HTTPException):
+            pass
+
+    # ---- the daemon -------------------------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        """The daemon this session talks to still runs (no query: its lock and info file)."""
+        return (self.daemon is not None and self.client.running()
+                and self.client.info().get("pid") == self.daemon.get("pid"))
+
+    def _connect(self) -> None:
+        with self.connect_lock:
+            if self._alive() and (self.session_id is not None or self.handshake is None):
+                return
+            self.daemon = self.client.ensure(self.hosts_file, self.research_file)
+            self.session_id = None
+            if self.handshake is not None:
+                self._replay_handshake()
+
+    def _replay_handshake(self) -> None:
+        """A restarted daemon knows no session: introduce the client again, as it introduced itself."""
+        replies = self._exchange({**self.handshake, "id": REPLAY_ID})
+        reply = next((r for r in replies if r.get("id") == REPLAY_ID), None)
+        if reply is None:
+            raise DaemonGone("the daemon closed the connection during the handshake")
+        if "error" in reply:
+            raise DaemonGone(f"the restarted daemon refused the session: {reply['error'].get('message')}")
+        self._exchange({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        log.info("session replayed to daemon %s", self.daemon.get("pid"))
+
+    def _connection(self, timeout: float | None) -> _UnixConnection:
+        return _UnixConnection(self.daemon["socket"], timeout)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.client.token()}", "Content-Type": "application/json",
+                   "Accept": "application/json, text/event-stream"}
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.protocol_version is not None:
+            headers["Mcp-Protocol-Version"] = self.protocol_version
+        return headers
+
+    def _exchange(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST one message; the messages that come back, each copied to the client unless it is the relay's own.
+        A replayed handshake's exchange happens under connect_lock, which is why the lock is not taken here."""
+        conn = self._connection(timeout=CONNECT_TIMEOUT_S)
+        try:
+            try:
+                conn.request("POST", "/mcp", body=json.dumps(message).encode(), headers=self._headers())
+            except OSError as e:
+                raise NotDelivered(_describe(e)) from None
+            # Connected: from here on the daemon may act on it. wait_for_jobs streams for as long as it waits.
+            conn.sock.settimeout(None)
+            try:
+                response = conn.getresponse()
+                if response.status == 404 and self.session_id is not None:
+                    response.read()
+                    self.session_id = None      # the daemon forgot the session (restarted, or idle too long)
+                    raise NotDelivered("it did not know this session")
+                session = response.getheader(SESSION_HEADER)
+                if session and message.get("method") == "initialize":
+                    self.session_id = session
+                kind = response.getheader("content-type", "")
+                if kind.startswith("text/event-stream"):
+                    return list(self._events(response, message))
+                body = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise DaemonGone(_describe(e)) from None
+        finally:
+            conn.close()
+        if response.status >= 400 and "id" in message:
+            try:
+                reply = json.loads(body)
+            except ValueError:
+                reply = None
+            if not (isinstance(reply, dict) and "error" in reply):
+                reply = {"jsonrpc": "2.0", "id": message["id"], "error": {
+                    "code": INTERNAL_ERROR, "message": f"arc's daemon answered HTTP {response.status}: "
+                                                       f"{body[:300].decode('utf-8', 'replace')}"}}
+            reply["id"] = message["id"]
+            self._deliver(message, reply)
+            return [reply]
+        if not body.strip():
+            return []
+        reply = json.loads(body)
+        self._deliver(message, reply)
+        return [reply]
+
+    def _events(self, response: http.client.HTTPResponse, message: dict[str, Any]):
+        """The JSON-RPC messages of a server-sent event stream, as they come."""
+        data: list[bytes] = []
+        answered = "id" not in message
+        for line in response:
+            line = line.rstrip(b"\r\n")
+            if line.startswith(b"data:"):
+                data.append(line[5:].removeprefix(b" "))
+            elif not line and data:
+                reply = json.loads(b"\n".join(data))
+                data = []
+                self._deliver(message, reply)
+                answered = answered or reply.get("id") == message.get("id")
+                yield reply
+        if not answered:
+            raise DaemonGone("the daemon closed the connection")
+
+    def _deliver(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Note what the relay needs from an answer, then pass it on (a replayed handshake's is the relay's own)."""
+        if reply.get("id") == REPLAY_ID:
+            return
+        result = reply.get("result")
+        if reply.get("id") == request.get("id") and isinstance(result, dict):
+            if request.get("method") == "initialize":
+                self.handshake = request
+                self.protocol_version = result.get("protocolVersion")
+            elif request.get("method") == "tools/list":
+                self.read_only |= {t["name"] for t in result.get("tools", [])
+                                   if (t.get("annotations") or {}).get("readOnlyHint")}
+        self._write(reply)
+
+    def _refuse(self, message: dict[str, Any], why: str) -> None:
+        """Answer a request the daemon could not: a tool call with an error result the model reads, any other
+        request with a JSON-RPC error."""
+        if message["method"] == "tools/call":
+            reply = {"jsonrpc": "2.0", "id": message["id"],
+                     "result": {"content": [{"type": "text", "text": why}], "isError": True}}
         else:
-            reply = JSONRPCError(jsonrpc="2.0", id=m.id, error=ErrorData(code=INTERNAL_ERROR, message=why))
-        await self.to_client.send(SessionMessage(reply))
+            reply = {"jsonrpc": "2.0", "id": message["id"], "error": {"code": INTERNAL_ERROR, "message": why}}
+        self._write(reply)
+
+    def _write(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        with self.out_lock:
+            self.out.write(line)
+            self.out.flush()
+
+
+def _tool(message: dict[str, Any]) -> Any:
+    return (message.get("params") or {}).get("name")
 
 
 def _describe(error: BaseException) -> str:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-async def relay(paths: StatePaths, hosts_file: Path, research_file: Path | None = None) -> None:
-    client = DaemonClient(paths)
-    await anyio.to_thread.run_sync(client.ensure, hosts_file, research_file)   # fail fast on a broken fleet file
-    async with stdio_server() as (s_read, s_write):
-        inbox_send, inbox = anyio.create_memory_object_stream[SessionMessage](64)
-        relay = Relay(client, hosts_file, research_file, s_write)
-
-        async def from_client() -> None:
-            async with inbox_send:
-                async for message in s_read:
-                    if isinstance(message, Exception):
-                        log.warning("from client: %s", message)
-                        continue
-                    await inbox_send.send(message)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(from_client)
-            await relay.run(inbox)
-            tg.cancel_scope.cancel()
-
-
 def run(paths: StatePaths, hosts_file: Path, research_file: Path | None = None) -> None:
-    anyio.run(relay, paths, hosts_file, research_file)
+    client = DaemonClient(paths)
+    client.ensure(hosts_file, research_file)   # fail fast on a broken fleet file
+    Relay(client, hosts_file, research_file, sys.stdout.buffer).serve(sys.stdin.buffer)

@@ -51,6 +51,62 @@ def test_metrics_from_markers_and_final_block(agent, workdir):
     assert '@arc {"step": 2, "train_loss": oops}' in log and "@arc [1, 2]" in log   # kept in the log, skipped
 
 
+# What karpathy/autoresearch's train.py prints, byte for byte in its format: progress redrawn with \r and no newline
+# until training ends, then the final block.
+AUTORESEARCH_JOB = r"""
+import os, sys, time
+def progress(step, pct, loss, dt_ms, tok, mfu, remaining):
+    print(f"\rstep {step:05d} ({pct:.1f}%) | loss: {loss:.6f} | lrm: 1.00 | dt: {dt_ms:.0f}ms | tok/sec: {tok:,} | "
+          f"mfu: {mfu:.1f}% | epoch: 1 | remaining: {remaining:.0f}s    ", end="", flush=True)
+print("Time budget: 300s")
+progress(0, 0.0, 9.012345, 46000, 11398, 0.3, 300)
+progress(1, 0.1, 8.5, 320, 1646117, 39.8, 300)
+progress(2, 0.2, 8.1, 322, 1630000, 39.5, 300)  # this redraw's own \r ends the one before: step 1 is complete
+while not os.path.exists(sys.argv[1]):      # the test reads the progress so far before the run goes on
+    time.sleep(0.02)
+sys.stdout.write("\rstep 00042 (14.0%) | loss: 3.210000 | lrm: 1.00 | dt: 320ms | tok/sec: 1,646,117 | mfu: 39.8% "
+                 "| epoch: 1 | remaining: 258s    \rstep 00043 (14.1%) | loss: 3.200000 | lrm: 0.95 | dt: 321ms | "
+                 "tok/sec: 1,640,000 | mfu: 39.6% | epoch: 2 | remaining: 257s    ")
+sys.stdout.flush()
+print()
+print("Total training time: 300.0s")
+print("---")
+print("val_bpb:          0.997900")
+print("mfu_percent:      39.80")
+print("num_steps:        953")
+"""
+
+
+def test_unmodified_autoresearch_output_gives_progress_live_and_the_summary(agent, workdir):
+    gate = workdir / "go-on"
+    launch(agent, "a1", python_job(AUTORESEARCH_JOB) + [str(gate)], gpus=[0])
+    live = wait_until(lambda: agent.call("metrics", job_id="a1")["records"][1:], what="the second progress line")
+    assert [(r["source"], r["data"]) for r in live] == [
+        ("progress", {"step": 1, "progress_percent": 0.1, "train_loss": 8.5, "lr_mult": 1.0, "dt_ms": 320,
+                      "tok_per_s": 1646117, "mfu_percent": 39.8, "epoch": 1, "remaining_s": 300})]
+    gate.touch()
+    state = ended(agent, "a1")
+    assert state["status"] == "succeeded"
+    records = agent.call("metrics", job_id="a1")["records"]
+    assert [r["source"] for r in records] == ["progress"] * 5 + ["summary"]
+    assert [(r["data"]["step"], r["data"]["train_loss"], r["data"]["tok_per_s"]) for r in records[:5]] == [
+        (0, 9.012345, 11398), (1, 8.5, 1646117), (2, 8.1, 1630000), (42, 3.21, 1646117), (43, 3.2, 1640000)]
+    assert records[4]["data"] == {"step": 43, "progress_percent": 14.1, "train_loss": 3.2, "lr_mult": 0.95,
+                                  "dt_ms": 321, "tok_per_s": 1640000, "mfu_percent": 39.6, "epoch": 2,
+                                  "remaining_s": 257}
+    assert records[5]["data"] == {"val_bpb": 0.9979, "mfu_percent": 39.8, "num_steps": 953}
+
+
+def test_parser_reads_a_crlf_once_across_chunks_and_leaves_unknown_progress_fields_out():
+    out = []
+    parser = MetricsParser(lambda source, data: out.append((source, data)))
+    for chunk in (b"---\r", b"\nval_bpb: 1.5\r\n",
+                  b"step 00007 (50.0%) | loss: nan | dt: 3s | colour: blue | tok/sec: 12", b"\r"):
+        parser.feed(chunk)
+    parser.close()
+    assert out == [("summary", {"val_bpb": 1.5}), ("progress", {"step": 7, "progress_percent": 50.0, "tok_per_s": 12})]
+
+
 def test_a_failing_job_says_its_exit_code_in_its_reason(agent):
     launch(agent, "x1", python_job("import sys; print('giving up'); sys.exit(3)"), gpus=[0])
     state = ended(agent, "x1")

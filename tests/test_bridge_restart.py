@@ -31,9 +31,15 @@ async def bridge(hosts_yaml, state):
     arc = shutil.which("arc")
     if arc is None:
         pytest.fail("the `arc` command is not on PATH: install the project first (pip install -e .)")
-    env = {"ARC_HOSTS": str(hosts_yaml), "ARC_STATE_DIR": str(state), "PATH": os.environ["PATH"]}
+    env = {"ARC_HOSTS": str(hosts_yaml), "ARC_STATE_DIR": str(state), "PATH": os.environ["PATH"],
+           **source_path()}
     async with Client(StdioServerParameters(command=arc, args=["mcp"], env=env), read_timeout_seconds=120) as c:
         yield c
+
+
+def source_path() -> dict[str, str]:
+    """The client passes the server only the environment it is given: PYTHONPATH too, so a worktree's own code runs."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 
 
 async def kill_while_holding(daemon: DaemonClient, call):

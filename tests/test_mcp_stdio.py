@@ -13,6 +13,7 @@ from mcp import Client, StdioServerParameters
 
 from mcp_server.daemon_client import DaemonClient
 from mcp_server.paths import StatePaths
+from tests.test_bridge_restart import source_path
 from tests.mcp_support import data, error_text, image, log_parts, metric_job, sleeper
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +31,7 @@ def arc_env(netns_hosts, tmp_path_factory):
     if arc is None:
         pytest.fail("the `arc` command is not on PATH: install the project first (pip install -e .)")
     state = tmp_path_factory.mktemp("stdio-state")
-    env = {"ARC_HOSTS": str(netns_hosts.hosts_yaml), "ARC_STATE_DIR": str(state)}
+    env = {"ARC_HOSTS": str(netns_hosts.hosts_yaml), "ARC_STATE_DIR": str(state), **source_path()}
     yield arc, env
     DaemonClient(StatePaths.resolve(state)).stop()
 

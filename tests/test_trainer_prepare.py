@@ -118,3 +118,25 @@ def test_stdlib_source_with_a_byte_cap(tmp_path: Path) -> None:
     assert manifest["source"] == "stdlib" and manifest["vocab_size"] == summary["vocab_size"] == 512
     assert manifest["token_dtype"] == "uint16"
     assert summary["train_tokens"] > summary["val_tokens"] > 0
+
+
+def test_a_folder_source_reads_every_text_file_under_it(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "corpus" / "nested" / "deeper", copies=3)
+    write_corpus(tmp_path / "corpus", copies=3)
+    (tmp_path / "corpus" / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (tmp_path / "corpus" / ".git").mkdir()
+    (tmp_path / "corpus" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    result = prepare("--source", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--vocab-size", "300")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["documents"] == 6 and summary["invalid_utf8_documents"] == 0
+
+
+def test_a_file_that_vanishes_between_listing_and_reading_is_skipped(tmp_path: Path) -> None:
+    from trainer.prepare import text_documents
+
+    write_corpus(tmp_path, copies=2)
+    listed = sorted(tmp_path.glob("*.txt"))
+    gone = tmp_path / "doc00.txt"
+    gone.unlink()   # what a package manager does to site-packages while the stdlib source is being read
+    assert [doc.name for doc, _ in text_documents(listed)] == [str(tmp_path / "doc01.txt")]

@@ -1,14 +1,17 @@
 """Build the trainer's dataset offline: documents -> BPE tokenizer -> token streams, in one content-hashed folder.
 
-    python -m trainer.prepare --out DIR [--source stdlib|GLOB|PARQUET_GLOB] [--vocab-size 8192]
+    python -m trainer.prepare --out DIR [--source stdlib|FOLDER|GLOB|PARQUET_GLOB] [--vocab-size 8192]
                               [--max-bytes N] [--val-fraction 0.05]
 
 Sources (no network anywhere):
   stdlib         the running Python's standard-library source (*.py), the built-in default
+  FOLDER         every text file under it, at any depth; files holding a NUL byte (binary) and hidden folders
+                 (.git and the like) are left out
   GLOB           text files, e.g. 'corpus/**/*.txt' (quote it; ** recurses); invalid UTF-8 is replaced, not fatal
   PARQUET_GLOB   parquet files with a `text` column, e.g. 'shards/*.parquet' (autoresearch's shard format)
 
-Documents are read in sorted path order (and row order within a parquet file); --max-bytes stops after the
+Documents are read in sorted path order (and row order within a parquet file); a file that vanishes between listing and
+reading (a package manager at work in the stdlib's folder) is skipped, not fatal. --max-bytes stops after the
 document that reaches that many bytes. A fixed share of documents (chosen by the hash of their text, so the split
 depends on content, not on order) is the validation split. The BPE tokenizer (`tokenizers`, byte-level, GPT-4-style
 pre-split) is trained on the training split only. Each document is encoded as <|bos|> + its tokens.
@@ -65,18 +68,32 @@ class Corpus:
 
 # ---- reading the source ----------------------------------------------------------------------------------
 
+def walk_files(root: Path, skip_dir) -> list[Path]:
+    """Files under `root`, sorted. os.walk, unlike Path.rglob, passes over a folder that vanishes mid-walk, and
+    pruning never enters the skipped folders (site-packages can be large and changing)."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not skip_dir(d)]
+        files.extend(Path(folder, name) for name in names)
+    return sorted(files)
+
+
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages"}
-    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
+    files = [p for p in walk_files(root, {"site-packages", "dist-packages"}.__contains__) if p.suffix == ".py"]
     if not files:
         raise PrepareError(f"no *.py files under this Python's stdlib folder {root}; pass --source GLOB instead")
     return sorted(files)
 
 
-def text_documents(paths: list[Path]) -> Iterator[tuple[Document, bool]]:
+def text_documents(paths: list[Path], skip_binary: bool = False) -> Iterator[tuple[Document, bool]]:
     for path in paths:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if skip_binary and b"\0" in raw:
+            continue
         try:
             text, invalid = raw.decode("utf-8"), False
         except UnicodeDecodeError:
@@ -100,11 +117,14 @@ def parquet_documents(paths: list[Path]) -> Iterator[tuple[Document, bool]]:
 def read_corpus(source: str, max_bytes: int | None) -> Corpus:
     if source == "stdlib":
         docs = text_documents(stdlib_files())
+    elif os.path.isdir(os.path.expanduser(source)):
+        docs = text_documents(walk_files(Path(os.path.expanduser(source)), lambda d: d.startswith(".")),
+                              skip_binary=True)
     else:
         paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True) if Path(p).is_file())
         if not paths:
-            raise PrepareError(f"--source {source!r} matches no files; give 'stdlib', a glob of text files "
-                               "(quote it, e.g. 'corpus/**/*.txt') or a glob of .parquet files")
+            raise PrepareError(f"--source {source!r} matches no files; give 'stdlib', a folder of text files, a "
+                               "glob of text files (quote it, e.g. 'corpus/**/*.txt') or a glob of .parquet files")
         parquet = [p.suffix == ".parquet" for p in paths]
         if any(parquet) and not all(parquet):
             raise PrepareError(f"--source {source!r} matches both .parquet and other files; use a glob that "
@@ -243,8 +263,8 @@ def prepare(source: str, out: Path, vocab_size: int, max_bytes: int | None, val_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
-    parser.add_argument("--source", default="stdlib", help="'stdlib' (default), a glob of text files, or a glob "
-                        "of .parquet files with a 'text' column")
+    parser.add_argument("--source", default="stdlib", help="'stdlib' (default), a folder or a glob of text "
+                        "files, or a glob of .parquet files with a 'text' column")
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size incl. <|bos|> "
                         "(default 8192); a small corpus may yield fewer")
     parser.add_argument("--max-bytes", type=int, default=None, help="stop reading after this many bytes of text")

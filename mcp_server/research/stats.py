@@ -14,7 +14,6 @@ from statistics import NormalDist, fmean
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats as scipy_stats
 
 from ..vocabulary import JobStatus
 
@@ -103,6 +102,8 @@ def compare(a: Sequence[float], b: Sequence[float], gpu_class_a: str | None, gpu
 def _welch_p(a: list[float], b: list[float]) -> float:
     if min(a) == max(a) and min(b) == max(b):   # no spread on either side (deterministic CPU runs): means decide
         return 1.0 if a[0] == b[0] else 0.0
+    from scipy import stats as scipy_stats  # here, not at the top: the daemon's start-up need not pay for scipy
+
     return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 

@@ -8,13 +8,10 @@ seed give the same suggestions.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Any, Iterable, Literal, Mapping
-
-import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 from ..vocabulary import JobStatus
 
@@ -25,18 +22,31 @@ MAX_SUGGESTIONS = 50
 MAX_DRAWS_PER_SUGGESTION = 50    # draws that break a constraint are dropped; give up past this many per config
 CMA_WARM_START_MIN = 10
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+
+
+@functools.cache
+def _optuna():
+    """Optuna, imported at the first suggestion: it takes about a second, which the daemon's start-up (and so
+    Claude Code's first answer) should not pay."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
 
 
 def distributions(cfg: ResearchConfig) -> dict[str, BaseDistribution]:
+    d = _optuna().distributions
     out: dict[str, BaseDistribution] = {}
     for name, p in cfg.search_space.items():
         if isinstance(p, ChoiceParam):
-            out[name] = CategoricalDistribution(p.values)
+            out[name] = d.CategoricalDistribution(p.values)
         elif isinstance(p, FloatParam):
-            out[name] = FloatDistribution(p.min, p.max, log=p.log)
+            out[name] = d.FloatDistribution(p.min, p.max, log=p.log)
         else:
-            out[name] = IntDistribution(p.min, p.max, log=p.log)
+            out[name] = d.IntDistribution(p.min, p.max, log=p.log)
     return out
 
 
@@ -64,16 +74,18 @@ def warm_trials(cfg: ResearchConfig, rows: Iterable[Mapping[str, Any]], gpu_clas
             continue
         point = point_in_space(cfg, r.get("config"), fixed)
         if point is not None:
-            trials.append(optuna.trial.create_trial(params=point, distributions=dists, value=float(value)))
+            trials.append(_optuna().trial.create_trial(params=point, distributions=dists, value=float(value)))
     return trials
 
 
 def _sampler(kind: str, seed: int, cfg: ResearchConfig, warm: list[optuna.trial.FrozenTrial]
              ) -> optuna.samplers.BaseSampler:
+    optuna = _optuna()
     if kind == "tpe":
         # constant_liar: the n trials asked in one wave count as pending, which spreads them apart.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    numeric = {n: d for n, d in distributions(cfg).items() if not isinstance(d, CategoricalDistribution)}
+    numeric = {n: d for n, d in distributions(cfg).items()
+               if not isinstance(d, optuna.distributions.CategoricalDistribution)}
     if not numeric:
         raise ValueError("CMA-ES needs float or int parameters in search_space; use sampler='tpe' for choices")
     # Warm-starting CMA-ES (WS-CMA-ES) fits its initial distribution to the best tenth of the history, so it
@@ -100,6 +112,7 @@ def suggest_configs(cfg: ResearchConfig, history_rows: Iterable[Mapping[str, Any
     overlap = set(fixed or {}) & set(cfg.search_space)
     if overlap:
         raise ValueError(f"fixed settings {sorted(overlap)} are search-space parameters; fix only keys outside it")
+    optuna = _optuna()
     warm = warm_trials(cfg, history_rows, gpu_class, fixed)
     dists = distributions(cfg)
     with warnings.catch_warnings():
@@ -116,7 +129,7 @@ def suggest_configs(cfg: ResearchConfig, history_rows: Iterable[Mapping[str, Any
             trial = study.ask(dists)
             config = {**(fixed or {}), **{name: _tidy(cfg, name, v) for name, v in trial.params.items()}}
             if config_problems(cfg, config):
-                study.tell(trial, state=TrialState.FAIL)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             out.append(config)
     return out
