@@ -19,13 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from history_sql import build  # noqa: E402
 
-from mcp_server.daemon_client import DaemonClient  # noqa: E402
-from mcp_server.paths import StatePaths  # noqa: E402
+from mcp_server.core.paths import StatePaths  # noqa: E402
+from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
 from tests.harness import local_host_entry, write_hosts_yaml  # noqa: E402
 
 

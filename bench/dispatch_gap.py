@@ -24,11 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.daemon_client import DaemonClient  # noqa: E402
-from mcp_server.paths import StatePaths  # noqa: E402
+from mcp_server.core.paths import StatePaths  # noqa: E402
+from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
 from tests.harness import NetnsFleet  # noqa: E402
+
 
 MAX_BATCH = 200     # the service's limit per submit call
 

@@ -27,10 +27,11 @@ from mcp.client.stdio import stdio_client
 from rich.console import Console
 from rich.table import Table
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mcp_server.daemon_client import DaemonClient  # noqa: E402
-from mcp_server.demo import Call, bridge_params, run_demo  # noqa: E402
-from mcp_server.paths import StatePaths  # noqa: E402
+from mcp_server.core.paths import StatePaths  # noqa: E402
+from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
+from mcp_server.surfaces.demo import Call, bridge_params, run_demo  # noqa: E402
 
 
 async def fixed_costs(paths: StatePaths, hosts: Path) -> dict[str, int]:

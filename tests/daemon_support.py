@@ -14,11 +14,12 @@ from typing import Any, Callable, TypeVar
 import duckdb
 import pytest
 
-from mcp_server.daemon_client import DaemonClient
-from mcp_server.daemon_state import lock_is_held
-from mcp_server.paths import StatePaths
-from mcp_server.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
-from tests.test_agent_support import ledger_violations, read_ledger
+from mcp_server.core.paths import StatePaths
+from mcp_server.core.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
+from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.server.state import lock_is_held
+from tests.agent_support import ledger_violations, read_ledger
+
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = TERMINAL_STATUSES

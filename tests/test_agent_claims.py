@@ -12,7 +12,7 @@ import pytest
 
 from gpu_agent.errors import AgentRefusal
 from gpu_agent.ops import Agent
-from tests.test_agent_support import (  # noqa: F401
+from tests.agent_support import (  # noqa: F401
     agent, ended, launch, ledger_violations, process_gone, read_ledger, wait_until, workdir)
 
 ROUNDS = 40

@@ -10,7 +10,7 @@ import pytest
 from gpu_agent.client import AgentProcess
 from gpu_agent.errors import AgentRefusal
 from gpu_agent.metrics import MAX_LINE_BYTES, MetricsParser
-from tests.test_agent_support import (  # noqa: F401
+from tests.agent_support import (  # noqa: F401
     agent, ended, launch, process_gone, python_job, read_ledger, wait_until, workdir)
 
 METRICS_JOB = r'''

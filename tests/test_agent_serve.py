@@ -12,7 +12,7 @@ import pytest
 from gpu_agent.client import AgentProcess
 from gpu_agent.errors import AgentRefusal
 from gpu_agent.protocol import MAX_REQUEST_BYTES
-from tests.test_agent_support import (agent, cli, ended, gated, kill_jobs, launch, make_workdir,  # noqa: F401
+from tests.agent_support import (agent, cli, ended, gated, kill_jobs, launch, make_workdir,  # noqa: F401
                                       python_job, wait_until, workdir)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gpu_agent.client import AgentProcess
-from tests.test_agent_support import SIMULATED, ended, kill_jobs, launch, make_workdir, process_gone, wait_until
+from tests.agent_support import SIMULATED, ended, kill_jobs, launch, make_workdir, process_gone, wait_until
 
 PRELOADED = "xml.dom.minidom"       # not imported by a bare interpreter, so its presence proves the preload
 REPORT = f"""

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from mcp_server.daemon_client import DaemonClient
-from mcp_server.paths import StatePaths
+from mcp_server.core.paths import StatePaths
+from mcp_server.daemon.server.client import DaemonClient
+
 
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}}
@@ -41,8 +42,8 @@ def test_arc_mcp_exits_when_its_client_closes_stdin(tmp_path, local_hosts_yaml):
 
 
 @pytest.mark.parametrize("module, absent", [
-    ("mcp_server.bridge", ["mcp", "anyio", "httpx2", "pydantic"]),
-    ("mcp_server.daemon", ["scipy", "optuna", "matplotlib", "pandas"]),
+    ("mcp_server.surfaces.bridge", ["mcp", "anyio", "httpx2", "pydantic"]),
+    ("mcp_server.daemon.server", ["scipy", "optuna", "matplotlib", "pandas"]),
 ])
 def test_start_up_imports_leave_out_what_waits_for_first_use(module, absent):
     probe = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"

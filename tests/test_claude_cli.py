@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.daemon_client import DaemonClient
-from mcp_server.paths import StatePaths
+from mcp_server.core.paths import StatePaths
+from mcp_server.daemon.server.client import DaemonClient
 from tests.harness import local_host_entry, write_hosts_yaml
+
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "@anthropic-ai/claude-code"

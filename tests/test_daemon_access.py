@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.daemon_client import _UnixConnection
+from mcp_server.daemon.server.client import _UnixConnection
 from tests.daemon_support import Arc
+
 
 NOBODY_PROBE = """
 import http.client, json, socket, sys

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mcp_server.fleet import content_hash, make_transport, push_tree
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.fleet.push import MARKER, tree_files, unpack_command
-from mcp_server.hosts_config import load_hosts
 from tests.harness import local_host_entry, write_hosts_yaml
 
 

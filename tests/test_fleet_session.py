@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from mcp_server.fleet import AgentError, Fleet, HostUnavailable, RequestTimeout
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.fleet.session import AGENT_DIR
-from mcp_server.hosts_config import load_hosts
 from tests.harness import local_host_entry, write_hosts_yaml
 
 

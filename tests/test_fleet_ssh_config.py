@@ -8,7 +8,7 @@ import time
 import pytest
 
 from mcp_server.fleet import HostUnavailable, make_transport
-from mcp_server.hosts_config import load_hosts
+from mcp_server.fleet.hosts_config import load_hosts
 
 
 @pytest.fixture(scope="module")

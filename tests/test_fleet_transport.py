@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mcp_server.fleet import RequestTimeout, make_transport, shell_path
-from mcp_server.hosts_config import load_hosts
+from mcp_server.fleet.hosts_config import load_hosts
 from tests.harness import local_host_entry, write_hosts_yaml
 
 

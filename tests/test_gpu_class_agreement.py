@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
+from mcp_server.core.paths import StatePaths
+from mcp_server.core.service import Service
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.history import EXAMPLES
-from mcp_server.hosts_config import load_hosts
-from mcp_server.paths import StatePaths
-from mcp_server.service import Service
 from tests.harness import local_host_entry, write_hosts_yaml
 from tests.mcp_support import started
 from trainer.contract import REPORTED_NAMES
+
 
 FINISHES = [sys.executable, "-c", "print('---'); print('val_bpb: 1.000000')"]
 

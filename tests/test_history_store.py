@@ -7,9 +7,9 @@ import time
 import duckdb
 import pytest
 
-from mcp_server.history import (History, HistoryBusyError, HistoryError, Migration, describe_history, run_user_sql,
-                                EXAMPLES)
-from mcp_server.history import schema
+from mcp_server.history import (
+    EXAMPLES, History, HistoryBusyError, HistoryError, Migration, describe_history, run_user_sql, schema,
+)
 
 
 @pytest.fixture
@@ -353,7 +353,7 @@ def test_a_read_only_history_reads_and_refuses_writes(tmp_path):
 
 
 def test_the_schema_admits_exactly_the_vocabulary(history):
-    from mcp_server.vocabulary import HYPOTHESIS_STATUSES, JOB_STATUSES
+    from mcp_server.core.vocabulary import HYPOTHESIS_STATUSES, JOB_STATUSES
 
     ids = history.insert_jobs([{"argv": ["x"], "status": s} for s in JOB_STATUSES])
     assert [history.get_job(j)["status"] for j in ids] == list(JOB_STATUSES)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.hosts_config import HostsConfigError, load_hosts
+from mcp_server.fleet.hosts_config import HostsConfigError, load_hosts
+
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,11 +5,11 @@ import datetime as dt
 
 import pytest
 
-from mcp_server import hypotheses, insights
+from mcp_server.core.service import ArcError
 from mcp_server.history import History
-from mcp_server.insights import best_line
-from mcp_server.research import NOISE_TAG, noise_floors, parse_research
-from mcp_server.service import ArcError
+from mcp_server.research import NOISE_TAG, hypotheses, insights, noise_floors, parse_research
+from mcp_server.research.insights import best_line
+
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -15,16 +15,17 @@ from mcp import Client
 from mcp.types import CallToolResult
 from rich.console import Console
 
-from mcp_server.code_store import IGNORED, trainer_source
-from mcp_server.demo import prepare_data, summary
-from mcp_server.hosts_config import load_hosts
-from mcp_server.paths import StatePaths
+from mcp_server.core.paths import StatePaths
+from mcp_server.core.service import Service
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.research import parse_research
 from mcp_server.research.space import config_problems
-from mcp_server.service import Service
-from mcp_server.tools import build_server
+from mcp_server.stores.code import IGNORED, trainer_source
+from mcp_server.surfaces.demo import prepare_data, summary
+from mcp_server.surfaces.tools import build_server
 from tests.harness import local_host_entry, write_hosts_yaml
 from tests.mcp_support import data, error_text, metric_job, started
+
 
 pytestmark = pytest.mark.anyio
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from mcp_server.core.paths import StatePaths
+from mcp_server.core.service import Service
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.surfaces.cli.hints import COMMANDS
-from mcp_server.hosts_config import load_hosts
-from mcp_server.paths import StatePaths
-from mcp_server.service import Service
-from mcp_server.tools import build_server
+from mcp_server.surfaces.tools import build_server
 from tests.harness import local_host_entry, write_hosts_yaml
 from tests.mcp_support import data, error_text, image, log_parts, metric_job, sleeper, started
+
 
 pytestmark = pytest.mark.anyio
 

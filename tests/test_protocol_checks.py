@@ -11,10 +11,11 @@ import pytest
 
 from mcp_server.fleet import ProtocolError
 from mcp_server.fleet.connect import make_transport
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.fleet.session import AGENT_DIR, HostSession
-from mcp_server.hosts_config import load_hosts
 from tests.harness import local_host_entry, write_hosts_yaml
-from tests.test_agent_support import agent, workdir  # noqa: F401
+from tests.agent_support import agent, workdir  # noqa: F401
+
 
 LAUNCH = {"job_id": "x", "launch_token": "t", "argv": ["true"], "time_limit_s": 5}
 

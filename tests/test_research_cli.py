@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mcp_server.demo import prepare_data
+from mcp_server.surfaces.demo import prepare_data
 from tests.daemon_support import Arc, metric_job
+
 
 TINY_DATA = ["--max-bytes", "100000", "--vocab-size", "300", "--val-fraction", "0.2"]
 SPACE = """

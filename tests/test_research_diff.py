@@ -1,7 +1,7 @@
 """diff_jobs on real code snapshots (CodeStore) and real history rows."""
-from mcp_server.code_store import CodeStore
 from mcp_server.history import History
 from mcp_server.research.snapshot_diff import diff_jobs
+from mcp_server.stores.code import CodeStore
 
 
 def project(root, files):

@@ -5,12 +5,13 @@ import time
 
 import pytest
 
-from mcp_server.code_store import CodeStore
+from mcp_server.core.scheduler import Scheduler, SchedulerSettings
+from mcp_server.fleet.hosts_config import load_hosts
 from mcp_server.history import History
-from mcp_server.hosts_config import load_hosts
 from mcp_server.research.config import parse_research
 from mcp_server.research.guard import Guardrails
-from mcp_server.scheduler import Scheduler, SchedulerSettings
+from mcp_server.stores.code import CodeStore
+
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timeout", "lost")
 

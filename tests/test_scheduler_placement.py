@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from mcp_server.daemon_client import DaemonError
+from mcp_server.daemon.server.client import DaemonError
 from tests.daemon_support import REPO, TERMINAL, Arc, Gates, claim_violations, host_job_dir, host_state, wait_for
+
 
 H200 = {"model": "NVIDIA H200", "memory_gb": 141}
 H100 = {"model": "NVIDIA H100 80GB HBM3", "memory_gb": 80}

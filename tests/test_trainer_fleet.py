@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from mcp_server.datasets import prepare_dataset
+from mcp_server.stores.datasets import prepare_dataset
+
 
 SMALL_DATA = ["--max-bytes", "400000", "--vocab-size", "512"]
 

@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 from mcp_server.fleet.connect import DEFAULT_CONNECT_TIMEOUT_S, make_transport
 from mcp_server.fleet.errors import FleetError
+from mcp_server.fleet.hosts_config import HostsFile, load_hosts
 from mcp_server.fleet.push import push_tree
 from mcp_server.fleet.session import AGENT_DIR, HostSession, prepare_agent
 from mcp_server.fleet.transport import Transport
-from mcp_server.hosts_config import HostsFile, load_hosts
+
 
 TRAINER_PACKAGE = "trainer"
 TRAINER_DIR = Path(__file__).resolve().parents[2] / TRAINER_PACKAGE

@@ -1,10 +1,11 @@
 """Build a host's transport from its hosts.yaml entry."""
 from __future__ import annotations
 
+from mcp_server.fleet.hosts_config import HostsFile
 from mcp_server.fleet.local import LocalTransport
 from mcp_server.fleet.ssh import SshTransport
 from mcp_server.fleet.transport import Transport
-from mcp_server.hosts_config import HostsFile
+
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from mcp_server.fleet.connect import DEFAULT_CONNECT_TIMEOUT_S, make_transport
-from mcp_server.fleet.session import AGENT_DIR, DEFAULT_REQUEST_TIMEOUT_S, HEARTBEAT_S, PROBE_TIMEOUT_S, \
-    EventCallback, HostSession, StateCallback
-from mcp_server.hosts_config import HostsFile, load_hosts
+from mcp_server.fleet.hosts_config import HostsFile, load_hosts
+from mcp_server.fleet.session import (
+    AGENT_DIR, DEFAULT_REQUEST_TIMEOUT_S, HEARTBEAT_S, PROBE_TIMEOUT_S, EventCallback, HostSession, StateCallback,
+)
+
 
 MAX_PARALLEL = 64
 

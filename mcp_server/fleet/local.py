@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 from mcp_server.fleet.errors import HostUnavailable, RequestTimeout
-from mcp_server.fleet.transport import (DEFAULT_MAX_OUTPUT, CommandResult, OutputBuffer, ProcessStream, Stdin,
-                                        Transport, feed_stdin)
-from mcp_server.hosts_config import HostConfig
+from mcp_server.fleet.hosts_config import HostConfig
+from mcp_server.fleet.transport import (
+    DEFAULT_MAX_OUTPUT, CommandResult, OutputBuffer, ProcessStream, Stdin, Transport, feed_stdin,
+)
+
 
 CLOSE_GRACE_S = 2.0
 

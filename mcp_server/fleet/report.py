@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcp_server.fleet.bootstrap import STEPS, HostReadiness, check_hosts
-from mcp_server.hosts_config import HostsFile, load_hosts
+from mcp_server.fleet.hosts_config import HostsFile, load_hosts
 
 
 def readiness_table(results: list[HostReadiness]) -> Group:

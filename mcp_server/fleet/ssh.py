@@ -16,11 +16,14 @@ from typing import Callable
 
 import paramiko
 
-from mcp_server.fleet.errors import AuthFailed, FleetError, HostKeyChanged, HostKeyUnknown, HostUnavailable, \
-    RequestTimeout
-from mcp_server.fleet.transport import DEFAULT_MAX_OUTPUT, CommandResult, OutputBuffer, ProcessStream, \
-    Stdin, Transport, feed_stdin
-from mcp_server.hosts_config import HostConfig, SshEndpoint
+from mcp_server.fleet.errors import (
+    AuthFailed, FleetError, HostKeyChanged, HostKeyUnknown, HostUnavailable, RequestTimeout,
+)
+from mcp_server.fleet.hosts_config import HostConfig, SshEndpoint
+from mcp_server.fleet.transport import (
+    DEFAULT_MAX_OUTPUT, CommandResult, OutputBuffer, ProcessStream, Stdin, Transport, feed_stdin,
+)
+
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Union
 
-from mcp_server.hosts_config import HostConfig
+from mcp_server.fleet.hosts_config import HostConfig
+
 
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024   # bytes of output a run() keeps (the last ones)
 STDIN_CHUNK = 256 * 1024

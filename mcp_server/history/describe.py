@@ -6,9 +6,10 @@ from typing import Any
 
 import duckdb
 
-from ..gpu_classes import gpu_class
-from ..vocabulary import FAILED_STATUSES, JobStatus, sql_list
+from ..core.gpu_classes import gpu_class
+from ..core.vocabulary import FAILED_STATUSES, JobStatus, sql_list
 from .schema import INTERNAL_TABLES
+
 
 # Values as the history holds them: a class is what placement stamps on jobs and inventory on gpus.
 _OK = f"status = '{JobStatus.SUCCEEDED}'"

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..vocabulary import TERMINAL_STATUSES
+from ..core.vocabulary import TERMINAL_STATUSES
 from .values import from_json, to_json, utc
 
 

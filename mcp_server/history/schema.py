@@ -16,7 +16,7 @@ from typing import Callable
 
 import duckdb
 
-from ..vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, sql_list
+from ..core.vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, sql_list
 from .values import first_row
 
 

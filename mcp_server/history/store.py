@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import duckdb
 import pyarrow as pa
 
+from ..core.gpu_classes import gpu_class
+from ..core.vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
 from .describe import describe_history
 from .ingest import plan_ingest
-from ..gpu_classes import gpu_class
-from ..vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
 from .schema import migrate
 from .values import first_row, from_json, now, to_json, utc
+
 
 DEFAULT_PRIMARY_METRIC = "val_bpb"
 JOB_ORDER_COLUMNS = frozenset({"job_num", "submitted_at", "started_at", "ended_at", "updated_at",

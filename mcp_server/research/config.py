@@ -38,7 +38,6 @@ No file at all means the defaults: val_bpb, lower is better, no search space, no
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import re
@@ -48,7 +47,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..hosts_config import _did_you_mean, _dotted, _line_of, _value_at
+from ..fleet.hosts_config import _did_you_mean, _dotted, _line_of, _value_at
+
 
 Scalar = Union[bool, int, float, str]
 PARAM_TYPES = ("float", "int", "choice")

@@ -20,12 +20,13 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel
 
-from .. import workloads
+from ..core import workloads
 from ..history import History
 from .checkpoints import CheckpointState, approve, checkpoint_due, checkpoint_state
 from .config import ResearchConfig, ResearchConfigError
 from .space import config_problems
 from .usage import Prices, Usage, job_gpus, job_seconds, measure_usage
+
 
 MAX_LISTED = 5
 REVIEW = "paused for review: "

@@ -7,8 +7,9 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
-from ..vocabulary import JobStatus
+from ..core.vocabulary import JobStatus
 from .config import ResearchConfig
+
 
 log = logging.getLogger("arc.research.hangs")
 

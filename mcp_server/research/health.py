@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from ..vocabulary import JobStatus
-
+from ..core.vocabulary import JobStatus
 from .config import ChoiceParam, FloatParam, IntParam, ResearchConfig, baseline_for
 from .space import fmt, is_number, position
+
 
 EDGE = 0.05
 MAX_WARNINGS = 8

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..vocabulary import JobStatus
+from ..core.vocabulary import JobStatus
+
 
 NOISE_TAG = "noise"
 

@@ -13,10 +13,10 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-from ..vocabulary import JobStatus
-
+from ..core.vocabulary import JobStatus
 from .config import ChoiceParam, FloatParam, ResearchConfig
 from .space import config_problems, param_problem
+
 
 MAX_SUGGESTIONS = 50
 MAX_DRAWS_PER_SUGGESTION = 50    # draws that break a constraint are dropped; give up past this many per config

@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ..vocabulary import JobStatus
+from ..core.vocabulary import JobStatus
+
 
 Category = Literal["host_lost", "time_limit", "cancelled", "disk_full", "oom", "code_error", "nan", "killed", "failed"]
 

@@ -13,11 +13,10 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
+from ..core.vocabulary import IN_FLIGHT_STATUSES, STARTED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, sql_list
 from ..history import History
 from ..history.values import from_json
-from ..vocabulary import IN_FLIGHT_STATUSES, STARTED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, sql_list
 from .config import ResearchConfig
-
 
 
 @dataclass(frozen=True)

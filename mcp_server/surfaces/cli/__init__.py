@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ... import service  # noqa: F401  (declares the operations)
-from ...operations import OPERATIONS
+from ...core import service  # noqa: F401  (declares the operations)
+from ...core.operations import OPERATIONS
 from .arguments import add_operation
 from .commands import add_commands
 from .custom import CUSTOM

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ...operations import Cli, Operation
+from ...core.operations import Cli, Operation
 from .reach import CliError, as_arguments, call, read_or_call
 from .render import console, emit, renderer
 

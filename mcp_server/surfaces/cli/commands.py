@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ...paths import StatePaths, hosts_file
+from ...core.paths import StatePaths, hosts_file
 from .reach import CliError, check_hosts_file, client, research_file, state_paths
 from .render import console, emit
 
@@ -51,8 +51,8 @@ def cmd_hosts_check(args) -> int:
     import dataclasses
 
     from ...fleet.bootstrap import check_hosts
+    from ...fleet.hosts_config import HostsConfigError, load_hosts
     from ...fleet.report import check_hosts_live
-    from ...hosts_config import HostsConfigError, load_hosts
 
     try:
         hosts = load_hosts(hosts_file(args.hosts))
@@ -69,7 +69,7 @@ def cmd_hosts_check(args) -> int:
 
 
 def cmd_daemon(args) -> int:
-    from ...daemon_client import DaemonClient
+    from ...daemon.client import DaemonClient
 
     paths = state_paths(args)
     daemon = DaemonClient(paths)
@@ -78,15 +78,15 @@ def cmd_daemon(args) -> int:
         args.action = "start"
     if args.action == "start":
         if args.foreground:
-            from ...daemon import serve
-            from ...daemon_state import DaemonRunning
+            from ...daemon.server import serve
+            from ...daemon.state import DaemonRunning
 
             _setup_daemon_logging(paths)
             hosts = hosts_file(args.hosts)
             check_hosts_file(hosts)
             settings = None
             if args.lost_after is not None:
-                from ...scheduler import SchedulerSettings
+                from ...core.scheduler import SchedulerSettings
 
                 settings = SchedulerSettings(lost_after_s=args.lost_after)
             try:
@@ -132,7 +132,7 @@ def _setup_daemon_logging(paths: StatePaths) -> None:
 
 
 def cmd_data_prepare(args) -> int:
-    from ...datasets import DatasetError, prepare_dataset
+    from ...stores.datasets import DatasetError, prepare_dataset
 
     prepare_args = ["--source", args.source, "--vocab-size", str(args.vocab_size)]
     if args.max_bytes is not None:
@@ -149,8 +149,8 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_mcp(args) -> int:
-    from ...bridge import run
-    from ...daemon_client import DaemonError
+    from ...daemon.client import DaemonError
+    from ..bridge import run
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     hosts = hosts_file(args.hosts)
@@ -163,7 +163,7 @@ def cmd_mcp(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ...demo import DEFAULT_STATE_DIR, DemoError, run_demo
+    from ..demo import DEFAULT_STATE_DIR, DemoError, run_demo
 
     hosts = hosts_file(args.hosts)
     if not hosts.exists():

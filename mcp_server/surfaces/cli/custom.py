@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ...vocabulary import ACTIVE_STATUSES, JobStatus
+from ...core.vocabulary import ACTIVE_STATUSES, JobStatus
 from .arguments import parse_overrides, subparser
 from .reach import call
 from .render import console, emit, render_jobs, render_submit

@@ -12,7 +12,8 @@ import re
 import shlex
 from typing import Any
 
-from ...operations import tools
+from ...core.operations import tools
+
 
 # tool: (command, {parameter: its option; "" = positional; None = the command needs no such option (the hint
 # leaves it out); a dict = the options of an object's keys}). A parameter missing from the map has no command line

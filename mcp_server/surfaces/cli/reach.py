@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...paths import StatePaths, default_research_file, hosts_file
+from ...core.paths import StatePaths, default_research_file, hosts_file
 
 
 class CliError(Exception):
@@ -17,7 +17,7 @@ def state_paths(args) -> StatePaths:
 
 
 def client(args, start: bool = True, daemon_args: tuple[str, ...] = ()):
-    from ...daemon_client import DaemonClient
+    from ...daemon.client import DaemonClient
 
     found = DaemonClient(state_paths(args))
     # A running daemon already validated its files; checking them again would cost every command a second.
@@ -43,7 +43,7 @@ def research_file(args) -> Path:
 
 
 def check_hosts_file(path: Path) -> None:
-    from ...hosts_config import HostsConfigError, load_hosts
+    from ...fleet.hosts_config import HostsConfigError, load_hosts
 
     try:
         load_hosts(path)
@@ -52,7 +52,7 @@ def check_hosts_file(path: Path) -> None:
 
 
 def call(args, method: str, timeout: float = 120.0, **params) -> dict:
-    from ...daemon_client import DaemonError
+    from ...daemon.client import DaemonError
 
     try:
         return client(args).call(method, timeout=timeout, **params)
@@ -62,7 +62,7 @@ def call(args, method: str, timeout: float = 120.0, **params) -> dict:
 
 def read_or_call(args, method: str, **params) -> dict:
     """History reads go to the daemon when it runs, else straight to the DuckDB file."""
-    from ...daemon_client import DaemonClient, DaemonError
+    from ...daemon.client import DaemonClient, DaemonError
 
     daemon = DaemonClient(state_paths(args))
     if daemon.running():
@@ -70,10 +70,10 @@ def read_or_call(args, method: str, **params) -> dict:
             return daemon.call(method, **params)
         except DaemonError as e:
             raise CliError(str(e)) from None
-    from ...errors import ArcError
-    from ...operations import OPERATIONS
+    from ...core.errors import ArcError
+    from ...core.operations import OPERATIONS
+    from ...core.service import Service
     from ...research import load_research
-    from ...service import Service
 
     paths = state_paths(args)
     if not paths.history.exists():

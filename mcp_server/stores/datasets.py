@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .fleet import content_hash
-from .paths import StatePaths
+from ..core.paths import StatePaths
+from ..fleet import content_hash
 
 
 class DatasetError(RuntimeError):

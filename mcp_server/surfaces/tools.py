@@ -28,11 +28,12 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError, Unexpected
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
-from . import operations
-from .errors import ArcError
-from .operations import Operation, explain
-from .research import pause_prefix
-from .service import Service
+from ..core import operations
+from ..core.errors import ArcError
+from ..core.operations import Operation, explain
+from ..core.service import Service
+from ..research import pause_prefix
+
 
 ANNOTATIONS = {
     "read": ToolAnnotations(read_only_hint=True, open_world_hint=False),

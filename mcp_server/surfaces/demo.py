@@ -37,8 +37,9 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .datasets import DatasetError, current_dataset, prepare_dataset
-from .paths import StatePaths
+from ..core.paths import StatePaths
+from ..stores.datasets import DatasetError, current_dataset, prepare_dataset
+
 
 DEFAULT_STATE_DIR = ".arc-demo"
 DEFAULT_STEPS = 40
@@ -472,7 +473,7 @@ def prepare_data(paths: StatePaths, console: Console, prepare_args: list[str] | 
 
 def repo_env() -> dict[str, str]:
     """This environment with the repository importable (the demo's subprocesses run its code)."""
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
 
 
@@ -487,7 +488,7 @@ def bridge_params(paths: StatePaths, hosts_file: Path) -> StdioServerParameters:
 def fresh_campaign(paths: StatePaths) -> None:
     """A new history and the demo's rules in its state dir; the dataset and code snapshots stay. A state dir the
     demo did not make is refused rather than emptied."""
-    from .daemon_client import DaemonClient
+    from ..daemon.client import DaemonClient
 
     marker = paths.root / MARKER
     histories = sorted(paths.root.glob("history*.duckdb*"))
@@ -532,7 +533,7 @@ def _find(error: BaseException, kind: type[BaseException]) -> BaseException | No
 
 def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int = DEFAULT_STEPS,
              console: Console | None = None, keep_daemon: bool = False) -> DemoResult:
-    from .daemon_client import DaemonClient
+    from ..daemon.client import DaemonClient
 
     console = console or Console(highlight=False)
     started = time.perf_counter()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .history import History, HistoryError
-from .errors import ArcError
-from .models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
-from .vocabulary import DECIDED_HYPOTHESIS_STATUSES, HYPOTHESIS_STATUSES, HypothesisStatus
+from ..core.errors import ArcError
+from ..core.models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
+from ..core.vocabulary import DECIDED_HYPOTHESIS_STATUSES, HYPOTHESIS_STATUSES, HypothesisStatus
+from ..history import History, HistoryError
+
 
 MAX_TEXT = 2000
 

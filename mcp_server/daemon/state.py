@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .paths import StatePaths
+from ..core.paths import StatePaths
+
 
 MAX_UNIX_PATH = 100
 PROBE_RACE_S = 0.5

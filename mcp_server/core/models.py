@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .research.triage import Triage
+from ..research.triage import Triage
 from .vocabulary import HypothesisStatus, JobStatus
+
 
 JOB_ID_RE = re.compile(r"^j[0-9]{1,9}$")
 HYP_ID_RE = re.compile(r"^h[0-9]{1,9}$")

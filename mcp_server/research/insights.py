@@ -14,14 +14,14 @@ import json
 import re
 from typing import Any, Literal, Mapping
 
-from .gpu_classes import CPU_CLASS
-from .history import History
-from .history.values import from_json, now, utc
-from .models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry, iso
-from .research import Comparison, NoiseFloor, ResearchConfig, compare, search_health
-from .errors import ArcError
-from .vocabulary import (ACTIVE_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus,
-                         sql_list)
+from ..core.errors import ArcError
+from ..core.gpu_classes import CPU_CLASS
+from ..core.models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry, iso
+from ..core.vocabulary import ACTIVE_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus, sql_list
+from ..history import History
+from ..history.values import from_json, now, utc
+from . import Comparison, NoiseFloor, ResearchConfig, compare, search_health
+
 
 BASELINE_TAG = "baseline"
 

@@ -27,15 +27,16 @@ from typing import Any, Callable
 
 from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 
+from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout, push_tree
+from ..fleet.hosts_config import HostConfig, HostsFile
+from ..history import History
+from ..research.guard import Allowance
+from ..stores.code import CodeStore
 from . import gpu_classes
-from .code_store import CodeStore
-from .fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout, push_tree
-from .history import History
-from .hosts_config import HostConfig, HostsFile
 from .models import Requirements
 from .placement import GpuSlot, HostCapacity, Placement, place, why_impossible
-from .research.guard import Allowance
 from .vocabulary import IN_FLIGHT_STATUSES, LAUNCHING_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus
+
 
 log = logging.getLogger("arc.scheduler")
 

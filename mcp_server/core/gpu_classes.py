@@ -11,6 +11,7 @@ import re
 
 from trainer.contract import lookup
 
+
 CPU_CLASS = "cpu"
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .errors import ArcError
 
+
 Effect = Literal["read", "writes", "destructive"]
 # A parameter a door fills itself, never the caller: where a long operation's progress goes.
 PROGRESS = "progress"

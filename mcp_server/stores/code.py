@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .fleet.push import content_hash
+from ..fleet.push import content_hash
+
 
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".arc", ".venv", "node_modules", ".pytest_cache")
 MAX_SNAPSHOT_BYTES = 64 * 2**20

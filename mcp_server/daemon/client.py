@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .daemon_state import lock_is_held, read_info
-from .paths import StatePaths
+from ..core.paths import StatePaths
+from .state import lock_is_held, read_info
+
 
 START_TIMEOUT_S = 60.0
 

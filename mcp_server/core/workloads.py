@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .hosts_config import HostConfig
+from ..fleet.hosts_config import HostConfig
+
 
 DEFAULT_TIME_BUDGET_S = 300.0
 # Start-up, compilation and evaluation happen outside the training budget; a cold compile on a Hopper GPU takes

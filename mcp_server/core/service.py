@@ -17,15 +17,20 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from . import hypotheses, insights, workloads
-from .code_store import CodeStore, CodeStoreError
-from .datasets import current_dataset
+from ..fleet import AgentError, HostUnavailable, RequestTimeout
+from ..fleet.hosts_config import HostsFile
+from ..history import History, SnapshotWriter, UserSqlError, run_user_sql
+from ..research import (
+    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, HangWatch, JobDiff, NoiseFloor, ResearchConfig,
+    ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hypotheses, insights, job_times, load_research,
+    noise_floors, suggest_configs, triage, warm_trials,
+)
+from ..stores.code import CodeStore, CodeStoreError
+from ..stores.datasets import current_dataset
+from . import workloads
 from .errors import ArcError
 from .file_stamp import FileStamp
-from .fleet import AgentError, HostUnavailable, RequestTimeout
 from .gpu_classes import CPU_CLASS, gpu_class
-from .history import History, SnapshotWriter, UserSqlError, run_user_sql
-from .hosts_config import HostsFile
 from .models import (
     CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
     JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult,
@@ -33,16 +38,12 @@ from .models import (
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
-from .research import (
-    NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, HangWatch, JobDiff, NoiseFloor, ResearchConfig,
-    ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, job_times, load_research, noise_floors,
-    suggest_configs, triage, warm_trials,
-)
 from .scheduler import Scheduler, SchedulerSettings
 from .vocabulary import (
     ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
     HypothesisStatus, JobStatus,
 )
+
 
 log = logging.getLogger("arc.service")
 

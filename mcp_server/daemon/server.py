@@ -26,15 +26,16 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import __version__
-from .hosts_config import load_hosts
-from .operations import OPERATIONS
-from .daemon_state import acquire_lock, ensure_token, read_info, socket_path
-from .paths import StatePaths, default_research_file
-from .research import load_research
-from .scheduler import SchedulerSettings
-from .errors import ArcError
-from .service import Service
+from .. import __version__
+from ..core.errors import ArcError
+from ..core.operations import OPERATIONS
+from ..core.paths import StatePaths, default_research_file
+from ..core.scheduler import SchedulerSettings
+from ..core.service import Service
+from ..fleet.hosts_config import load_hosts
+from ..research import load_research
+from .state import acquire_lock, ensure_token, read_info, socket_path
+
 
 log = logging.getLogger("arc.daemon")
 
@@ -92,7 +93,7 @@ def _rpc_error(message: str, status: int = 400) -> JSONResponse:
 def build_app(service: Service, token: str, server_name: str = "arc"):
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from .tools import build_server
+    from ..surfaces.tools import build_server
 
     mcp = build_server(service, name=server_name)
 

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .daemon_client import DaemonClient, DaemonError, _UnixConnection
-from .paths import StatePaths
+from ..core.paths import StatePaths
+from ..daemon.client import DaemonClient, DaemonError, _UnixConnection
+
 
 log = logging.getLogger("arc.bridge")
 

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+
 DEFAULT_STATE_DIR = ".arc"
 DEFAULT_HOSTS_FILE = "hosts.yaml"
 DEFAULT_RESEARCH_FILE = "research.yaml"
