@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from history_sql import build  # noqa: E402
 
 from mcp_server.core.paths import StatePaths  # noqa: E402
-from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
+from mcp_server.daemon.client import DaemonClient  # noqa: E402
 from tests.harness import local_host_entry, write_hosts_yaml  # noqa: E402
 
 

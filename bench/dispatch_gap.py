@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.core.paths import StatePaths  # noqa: E402
-from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
+from mcp_server.daemon.client import DaemonClient  # noqa: E402
 from tests.harness import NetnsFleet  # noqa: E402
 
 

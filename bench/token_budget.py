@@ -30,7 +30,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcp_server.core.paths import StatePaths  # noqa: E402
-from mcp_server.daemon.server.client import DaemonClient  # noqa: E402
+from mcp_server.daemon.client import DaemonClient  # noqa: E402
 from mcp_server.surfaces.demo import Call, bridge_params, run_demo  # noqa: E402
 
 

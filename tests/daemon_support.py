@@ -16,8 +16,8 @@ import pytest
 
 from mcp_server.core.paths import StatePaths
 from mcp_server.core.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
-from mcp_server.daemon.server.client import DaemonClient
-from mcp_server.daemon.server.state import lock_is_held
+from mcp_server.daemon.client import DaemonClient
+from mcp_server.daemon.state import lock_is_held
 from tests.agent_support import ledger_violations, read_ledger
 
 

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_server.core.paths import StatePaths
-from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.client import DaemonClient
 from tests.daemon_support import gated_job, wait_for
 from tests.mcp_support import data, error_text
 

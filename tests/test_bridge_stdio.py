@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mcp_server.core.paths import StatePaths
-from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.client import DaemonClient
 
 
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

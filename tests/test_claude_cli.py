@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mcp_server.core.paths import StatePaths
-from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.client import DaemonClient
 from tests.harness import local_host_entry, write_hosts_yaml
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.daemon.server.client import _UnixConnection
+from mcp_server.daemon.client import _UnixConnection
 from tests.daemon_support import Arc
 
 

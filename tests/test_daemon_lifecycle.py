@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from mcp_server.daemon.server.state import lock_is_held
+from mcp_server.daemon.state import lock_is_held
 from tests.daemon_support import REPO, Gates, metric_job, wait_for
 
 

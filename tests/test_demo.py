@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from mcp_server.core.paths import StatePaths
-from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.client import DaemonClient
 from mcp_server.history import History
 from mcp_server.surfaces.demo import MARKER, RULES_FILE, DemoError, fresh_campaign
 from tests.harness import local_host_entry, write_hosts_yaml

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_server.core.paths import StatePaths
-from mcp_server.daemon.server.client import DaemonClient
+from mcp_server.daemon.client import DaemonClient
 from tests.mcp_support import data, error_text, image, log_parts, metric_job, sleeper
 from tests.test_bridge_restart import source_path
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mcp_server.daemon.server.client import DaemonError
+from mcp_server.daemon.client import DaemonError
 from tests.daemon_support import REPO, TERMINAL, Arc, Gates, claim_violations, host_job_dir, host_state, wait_for
 
 
