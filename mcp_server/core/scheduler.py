@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 
-from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout, push_tree
+from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout
+from ..fleet.sources import Demand, HostSource
 from ..fleet.hosts_config import HostConfig, HostsFile
 from ..history import History
 from ..research.guard import Allowance
@@ -77,7 +78,7 @@ class HostRuntime:
 
 
 class Scheduler:
-    def __init__(self, history: History, hosts_file: HostsFile, code: CodeStore, data_root,
+    def __init__(self, history: History, hosts: HostSource | HostsFile, code: CodeStore, data_root,
                  settings: SchedulerSettings | None = None,
                  allowance: Callable[[], Allowance] | None = None,
                  job_argv: Callable[[dict, HostConfig], list[str]] | None = None,
@@ -92,8 +93,9 @@ class Scheduler:
         self.on_tick = on_tick
         # Hosts know a job as `<job_id>-<history_id>`: histories sharing a host workdir never collide.
         self._suffix = f"-{history.history_id}"
-        hosts = hosts_file.hosts
-        self.hosts: dict[str, HostRuntime] = {h.name: HostRuntime(h) for h in hosts}
+        # Where hosts come from is the fleet's sources' business (fleet/sources.py): hosts may appear and go.
+        self.fleet = Fleet(hosts, on_event=self._on_event, on_state=self._on_state)
+        self.hosts: dict[str, HostRuntime] = {h.name: HostRuntime(h) for h in self.fleet.hosts()}
         self._lock = threading.RLock()
         self._busy_gpus: dict[tuple[str, int], str] = {}
         self._busy_cpu: dict[str, set[str]] = {h: set() for h in self.hosts}
@@ -106,10 +108,10 @@ class Scheduler:
         self._launching = 0
         self._terminal_version = 0
         self._terminal_cv = threading.Condition()
-        self._launchers = {h: ThreadPoolExecutor(1, thread_name_prefix=f"launch-{h}") for h in self.hosts}
-        self._ingesters = {h: ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{h}") for h in self.hosts}
+        # One launcher and one ingester thread per host: a host's steps stay in order, hosts never wait on each other.
+        self._launchers: dict[str, ThreadPoolExecutor] = {}
+        self._ingesters: dict[str, ThreadPoolExecutor] = {}
         self._threads: list[threading.Thread] = []
-        self.fleet = Fleet(hosts_file, on_event=self._on_event, on_state=self._on_state)
 
     # ---- life cycle -------------------------------------------------------------------------------------
 
@@ -126,7 +128,7 @@ class Scheduler:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=5)
-        for pool in [*self._launchers.values(), *self._ingesters.values()]:
+        for pool in [*list(self._launchers.values()), *list(self._ingesters.values())]:
             pool.shutdown(wait=True, cancel_futures=True)
         self.fleet.close()
 
@@ -148,9 +150,56 @@ class Scheduler:
         return None
 
     def request(self, host: str, op: str, params: dict | None = None, timeout: float | None = None) -> Any:
-        if host not in self.hosts:   # a job's host since removed from hosts.yaml
-            raise HostUnavailable(host, "no longer in hosts.yaml; add it back to reach it")
+        if host not in self.hosts:   # a job's host since removed from hosts.yaml, or an allocation that ended
+            raise HostUnavailable(host, "no longer in the fleet (removed from hosts.yaml, or gone)")
         return self.fleet.session(host).request(op, params, timeout=timeout or self.settings.request_timeout_s)
+
+    def host_configs(self) -> list[HostConfig]:
+        """The hosts of the fleet now."""
+        return [rt.config for rt in self.hosts.values()]
+
+    def inventories(self, hosts: list[str], first_connect_s: float, timeout: float = 5.0) -> dict[str, Any]:
+        """Each host's inventory, or the exception that stood in the way. Right after the daemon starts, each host
+        first gets its first connection attempt (at most `first_connect_s`)."""
+        for name in hosts:
+            self.fleet.session(name).wait_attempted(first_connect_s)
+        return self.fleet.request_all("inventory", None, timeout=timeout, hosts=hosts)
+
+    def _executor(self, pools: dict[str, ThreadPoolExecutor], host: str, kind: str) -> ThreadPoolExecutor:
+        with self._lock:
+            if host not in pools:
+                pools[host] = ThreadPoolExecutor(1, thread_name_prefix=f"{kind}-{host}")
+            return pools[host]
+
+    def _launcher(self, host: str) -> ThreadPoolExecutor:
+        return self._executor(self._launchers, host, "launch")
+
+    def _ingester(self, host: str) -> ThreadPoolExecutor:
+        return self._executor(self._ingesters, host, "ingest")
+
+    def _sync_hosts(self) -> None:
+        """Hosts the sources made since the last tick get their runtime; hosts that went away (an allocation that
+        ended) take their in-flight jobs with them: the infrastructure lost those."""
+        queued = [j.get("requirements") or {} for j in self._queue]
+        added, removed = self.fleet.refresh(Demand(queued=queued))
+        for name in added:
+            config = next(c for c in self.fleet.hosts() if c.name == name)
+            with self._lock:
+                self.hosts[name] = HostRuntime(config)
+                self._busy_cpu[name] = set()
+        for name in removed:
+            with self._lock:
+                self.hosts.pop(name, None)
+            for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
+                reason = f"its host {name} is gone"
+                if self.history.update_job(job["job_id"], expect_status=job["status"], status=JobStatus.LOST,
+                                           ended_at=time.time(), reason=reason, _reason=reason):
+                    self._free(job["job_id"], name)
+                    self._notify_terminal()
+            for pools in (self._launchers, self._ingesters):
+                pool = pools.pop(name, None)
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- bookkeeping -------------------------------------------------------------------------------------
 
@@ -209,7 +258,9 @@ class Scheduler:
         kind, state = event.get("event"), event.get("state") or {}
         job_id = self.our_job_id(event.get("job_id"))
         if kind == "job_ended":
-            rt = self.hosts[host]
+            rt = self.hosts.get(host)
+            if rt is None:
+                return
             with self._lock:
                 freed = rt.foreign & set(state.get("gpus") or [])  # a GPU we avoided: another history's job, or
                 rt.foreign -= freed                               # one of ours the history no longer counts
@@ -223,21 +274,23 @@ class Scheduler:
         if kind == "job_ended":
             # Free first, ingest after: the next job must not wait for metrics to be copied.
             self._free(job_id, host)
-            self._ingesters[host].submit(self._guard, self._ingest, host, job_id, state)
+            self._ingester(host).submit(self._guard, self._ingest, host, job_id, state)
         elif kind == "job_started":
-            self._ingesters[host].submit(self._guard, self._mark_started, job_id, state)
+            self._ingester(host).submit(self._guard, self._mark_started, job_id, state)
 
     def _on_state(self, host: str, connected: bool, error: str | None) -> None:
-        rt = self.hosts[host]
+        rt = self.hosts.get(host)
+        if rt is None:
+            return
         if connected:
             rt.last_error = None
-            self._ingesters[host].submit(self._guard, self._reconcile_host, host)
+            self._ingester(host).submit(self._guard, self._reconcile_host, host)
             return
         rt.ready = False
         rt.last_error = error
         if rt.away_since is None:
             rt.away_since = time.time()
-        self._ingesters[host].submit(self._guard, self._mark_host_away, host, error)
+        self._ingester(host).submit(self._guard, self._mark_host_away, host, error)
 
     def _guard(self, fn: Callable, *args) -> None:
         try:
@@ -370,6 +423,8 @@ class Scheduler:
         ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
         if not ready:
             return 0
+        ends = {c.name: self.fleet.facts(c.name).expires_at for c in ready}
+        now = time.time()
         if self._queue_stale:
             self._queue_stale = False   # first: a change while reading marks it stale again
             self._queue = self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc", limit=500)
@@ -394,7 +449,9 @@ class Scheduler:
             with self._lock:
                 busy_gpus = set(self._busy_gpus) | {(name, i) for name, rt in self.hosts.items() for i in rt.foreign}
                 busy_cpu = {h: len(s) + len(self.hosts[h].foreign_cpu) for h, s in self._busy_cpu.items()}
-                placement = place(req, ready, busy_gpus, busy_cpu)
+                # A host that goes away before the job's time limit (an allocation's end) cannot take it.
+                fits = [c for c in ready if ends[c.name] is None or ends[c.name] - now >= float(job["time_limit_s"])]
+                placement = place(req, fits, busy_gpus, busy_cpu)
                 if placement is None:
                     continue
                 self._hold(job["job_id"], placement.host, list(placement.gpu_indices))   # reserved for the round
@@ -406,7 +463,7 @@ class Scheduler:
         for job, placement, token in launches:
             with self._lock:
                 self._launching += 1
-            self._launchers[placement.host].submit(self._guard, self._launch, job, placement, token)
+            self._launcher(placement.host).submit(self._guard, self._launch, job, placement, token)
         return len(launches)
 
     def _write_intents(self, chosen: list[tuple[dict, Placement]]) -> list[tuple[dict, Placement, str]]:
@@ -510,7 +567,7 @@ class Scheduler:
         rt = self.hosts[host]
         if digest not in rt.pushed:
             local = self.code.path(digest) if kind == "code" else self.data_root / digest
-            push_tree(self.fleet.session(host).transport, local, kind)
+            self.fleet.push_tree(host, local, kind)
             rt.pushed.add(digest)
         return f"{kind}/{digest}"
 
@@ -609,6 +666,7 @@ class Scheduler:
         while not self._stop.wait(self.settings.tick_s):
             try:
                 now = time.time()
+                self._sync_hosts()
                 self._expire_away_hosts(now)
                 self._recheck_unconfirmed()
                 if now - last_live >= self.settings.live_ingest_every_s:
@@ -621,7 +679,7 @@ class Scheduler:
                 log.exception("tick failed")
 
     def _expire_away_hosts(self, now: float) -> None:
-        for name, rt in self.hosts.items():
+        for name, rt in list(self.hosts.items()):
             if rt.away_since is None or now - rt.away_since < self.settings.lost_after_s:
                 continue
             for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
@@ -636,7 +694,7 @@ class Scheduler:
         for job in self.history.jobs(status=[JobStatus.UNCONFIRMED], limit=None):
             rt = self.hosts.get(job["host"])
             if rt is not None and rt.ready:
-                self._ingesters[rt.config.name].submit(self._guard, self._confirm, job)
+                self._ingester(rt.config.name).submit(self._guard, self._confirm, job)
 
     def _confirm(self, job: dict) -> None:
         host = job["host"]
@@ -649,4 +707,4 @@ class Scheduler:
         for job in self.history.jobs(status=[JobStatus.RUNNING], limit=None):
             rt = self.hosts.get(job["host"])
             if rt is not None and rt.ready:
-                self._ingesters[rt.config.name].submit(self._guard, self._ingest, rt.config.name, job["job_id"])
+                self._ingester(rt.config.name).submit(self._guard, self._ingest, rt.config.name, job["job_id"])

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from ..fleet import AgentError, HostUnavailable, RequestTimeout
+from ..fleet import AgentError, HostSource, HostUnavailable, RequestTimeout, StaticHosts
 from ..fleet.hosts_config import HostsFile
 from ..history import History, SnapshotWriter, UserSqlError, run_user_sql
 from ..research import (
@@ -59,11 +59,10 @@ class Service:
     """The daemon's instance owns the history and the fleet. A `read_only` instance (the CLI when no daemon runs)
     reads the history file directly and can answer only the operations that need no host."""
 
-    def __init__(self, paths: StatePaths, hosts: HostsFile | None, settings: SchedulerSettings | None = None,
+    def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | None, settings: SchedulerSettings | None = None,
                  read_only: bool = False, research: ResearchConfig | None = None,
                  research_file: Path | None = None, hosts_file: Path | None = None):
         self.paths = paths.ensure()
-        self.hosts = hosts
         self.read_only = read_only
         self.research = research or ResearchConfig()
         self.research_file = research_file      # what reload_research reads again
@@ -77,9 +76,10 @@ class Service:
         self.snapshots: SnapshotWriter | None = None
         self.guard: Guardrails | None = None
         if not read_only:
-            prices = {h.name: h.cost_per_gpu_hour for h in hosts.hosts if h.cost_per_gpu_hour is not None}
+            source = hosts if isinstance(hosts, HostSource) else StaticHosts(hosts)
+            prices = {h.name: h.cost_per_gpu_hour for h in source.hosts() if h.cost_per_gpu_hour is not None}
             self.guard = Guardrails(self.research, self.history, prices)
-            self.scheduler = Scheduler(self.history, hosts, self.code, paths.data_dir, settings,
+            self.scheduler = Scheduler(self.history, source, self.code, paths.data_dir, settings,
                                        allowance=self.guard.allowance, job_argv=workloads.job_argv,
                                        on_tick=self._on_tick)
             self.snapshots = SnapshotWriter(self.history, paths.snapshot)
@@ -138,14 +138,11 @@ class Service:
     def list_gpus(self, host: str | None = None) -> GpuList:
         """Every host and GPU: model, class, memory used/total, utilization, temperature, the job on it and when
         it frees; unreachable hosts with the reason; CPU slots. Call it first to see what can run now."""
-        hosts = self.hosts.hosts if host is None else [h for h in self.hosts.hosts if h.name == host]
+        fleet = self.scheduler.host_configs()
+        hosts = fleet if host is None else [h for h in fleet if h.name == host]
         if not hosts:
-            raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: "
-                           + ", ".join(h.name for h in self.hosts.hosts))
-        for h in hosts:   # right after the daemon starts, give each host its first connection attempt
-            self.scheduler.fleet.session(h.name).wait_attempted(FIRST_CONNECT_WAIT_S)
-        answers = self.scheduler.fleet.request_all("inventory", None, timeout=5.0,
-                                                   hosts=[h.name for h in hosts])
+            raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: " + ", ".join(h.name for h in fleet))
+        answers = self.scheduler.inventories([h.name for h in hosts], FIRST_CONNECT_WAIT_S)
         running = {j["job_id"]: j for j in self.history.jobs(status=list(ACTIVE_STATUSES), limit=None)}
         now = time.time()
         views: list[HostView] = []
