@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ from .research import (
     suggest_configs, triage, warm_trials,
 )
 from .scheduler import Scheduler, SchedulerSettings
+from .user_pattern import MAX_SUBJECT_CHARS, UserPatternError, compile_user_pattern
 
 log = logging.getLogger("arc.service")
 
@@ -370,9 +370,9 @@ class Service:
         pattern = None
         if grep:
             try:
-                pattern = re.compile(grep)
-            except re.error as e:
-                raise ArcError(f"grep pattern is not a valid regular expression: {e}") from None
+                pattern = compile_user_pattern(grep, "grep pattern")
+            except UserPatternError as e:
+                raise ArcError(str(e)) from None
         params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id), "max_bytes": max_bytes}
         if offset is not None:
             params["offset"] = offset
@@ -385,11 +385,18 @@ class Service:
         except AgentError as e:
             raise ArcError(f"{row['host']} could not read the log: {e.message}") from None
         text = res["text"]
+        cut_note = ""
         if pattern is not None:
-            hits = [ln for ln in text.splitlines() if pattern.search(ln)]
+            all_lines = text.splitlines()
+            hits = [ln for ln in all_lines if pattern.search(ln)]
             text = "\n".join(hits[-lines:])
+            long_lines = sum(1 for ln in all_lines if len(ln) > MAX_SUBJECT_CHARS)
+            if long_lines:
+                cut_note = (f"; grep looked at only the first {MAX_SUBJECT_CHARS:,} characters of {long_lines} "
+                            "longer line(s)")
         n = len(text.splitlines())
-        return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']})", job_id=job_id, text=text,
+        return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']}){cut_note}", job_id=job_id,
+                       text=text,
                        offset=res["offset"], next_offset=res["next_offset"], truncated=res["truncated"],
                        next=f"tail_log(job_id='{job_id}', offset={res['next_offset']}) for new output"
                        if row["status"] in ACTIVE_STATUSES else None)

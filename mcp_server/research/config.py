@@ -41,7 +41,6 @@ import dataclasses
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -49,6 +48,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..hosts_config import _did_you_mean, _dotted, _line_of, _value_at
+from ..user_pattern import UserPatternError, compile_user_pattern
 
 Scalar = Union[bool, int, float, str]
 PARAM_TYPES = ("float", "int", "choice")
@@ -275,10 +275,10 @@ def _check_meaning(cfg: ResearchConfig, problems: "_Problems") -> None:
             problems.add(("command_policy", "allow", i), "an argv prefix must not be empty", "[python, run.py]")
         elif isinstance(entry, str):
             try:
-                re.compile(entry)
-            except re.error as e:
-                problems.add(("command_policy", "allow", i), f"not a valid regular expression ({e})",
-                             "escape special characters, e.g. 'python run\\.py .*'")
+                compile_user_pattern(entry, "the entry")
+            except UserPatternError as e:
+                problems.add(("command_policy", "allow", i), f"not a valid regular expression here ({e})",
+                             "write it in RE2 syntax and escape special characters, e.g. 'python run\\.py .*'")
 
 
 class _Problems:
