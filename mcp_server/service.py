@@ -453,7 +453,8 @@ class Service:
             res = run_user_sql(source, sql, limit=limit, timeout_s=10.0)
         except UserSqlError as e:
             raise ArcError(str(e)) from None
-        return SqlResult(summary=f"{res.row_count} row(s)" + (f", truncated at {limit}" if res.truncated else ""),
+        summary = f"{res.row_count} row(s)" + (f", truncated at {res.row_count}" if res.truncated else "")
+        return SqlResult(summary=summary + (f"; {res.cut}" if res.cut else ""), cut=res.cut,
                          columns=res.columns, rows=res.rows, row_count=res.row_count, truncated=res.truncated,
                          next="raise limit or add WHERE/ORDER BY" if res.truncated else None)
 
