@@ -206,6 +206,7 @@ class SqlResult(Result):
     rows: list[list[Any]]
     row_count: int
     truncated: bool
+    cut: str | None = Field(None, description="cells cut to a bounded length, rows left out to bound the answer")
 
 
 class Hypothesis(BaseModel):

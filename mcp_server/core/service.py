@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,11 +38,11 @@ from .models import (
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
 from .scheduler import Scheduler, SchedulerSettings
+from .user_pattern import MAX_SUBJECT_CHARS, UserPatternError, compile_user_pattern
 from .vocabulary import (
     ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
     HypothesisStatus, JobStatus,
 )
-
 
 log = logging.getLogger("arc.service")
 
@@ -358,9 +357,9 @@ class Service:
         pattern = None
         if grep:
             try:
-                pattern = re.compile(grep)
-            except re.error as e:
-                raise ArcError(f"grep pattern is not a valid regular expression: {e}") from None
+                pattern = compile_user_pattern(grep, "grep pattern")
+            except UserPatternError as e:
+                raise ArcError(str(e)) from None
         params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id), "max_bytes": MAX_LOG_BYTES}
         if offset is not None:
             params["offset"] = offset
@@ -373,11 +372,18 @@ class Service:
         except AgentError as e:
             raise ArcError(f"{row['host']} could not read the log: {e.message}") from None
         text = res["text"]
+        cut_note = ""
         if pattern is not None:
-            hits = [ln for ln in text.splitlines() if pattern.search(ln)]
+            all_lines = text.splitlines()
+            hits = [ln for ln in all_lines if pattern.search(ln)]
             text = "\n".join(hits[-lines:])
+            long_lines = sum(1 for ln in all_lines if len(ln) > MAX_SUBJECT_CHARS)
+            if long_lines:
+                cut_note = (f"; grep looked at only the first {MAX_SUBJECT_CHARS:,} characters of {long_lines} "
+                            "longer line(s)")
         n = len(text.splitlines())
-        return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']})", job_id=job_id, text=text,
+        return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']}){cut_note}", job_id=job_id,
+                       text=text,
                        offset=res["offset"], next_offset=res["next_offset"], truncated=res["truncated"],
                        next=f"tail_log(job_id='{job_id}', offset={res['next_offset']}) for new output"
                        if row["status"] in ACTIVE_STATUSES else None)
@@ -437,7 +443,8 @@ class Service:
             res = run_user_sql(source, sql, limit=limit, timeout_s=10.0)
         except UserSqlError as e:
             raise ArcError(str(e)) from None
-        return SqlResult(summary=f"{res.row_count} row(s)" + (f", truncated at {limit}" if res.truncated else ""),
+        summary = f"{res.row_count} row(s)" + (f", truncated at {res.row_count}" if res.truncated else "")
+        return SqlResult(summary=summary + (f"; {res.cut}" if res.cut else ""), cut=res.cut,
                          columns=res.columns, rows=res.rows, row_count=res.row_count, truncated=res.truncated,
                          next="raise limit or add WHERE/ORDER BY" if res.truncated else None)
 

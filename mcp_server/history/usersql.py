@@ -16,11 +16,18 @@ How. A fresh in-memory instance (never DuckDB's per-path instance cache, which c
 reading a replaced snapshot) attaches the file read-only, then disables file access and locks its configuration,
 so `read_csv`, `glob`, `COPY`, `ATTACH`, `INSTALL/LOAD` and `SET` fail even if the checks below missed
 something. Exactly one statement, of type SELECT (`extract_statements`, before anything runs), inside a READ ONLY
-transaction; rows pulled with `fetchmany(limit + 1)` from a streaming result (a huge result is never built); a
-watchdog thread calls `interrupt()` at the deadline. Memory and threads of the instance are capped.
+transaction; rows pulled one at a time from a streaming result (a huge result is never built); a watchdog thread
+calls `interrupt()` at the deadline. Memory and threads of the instance are capped.
+
+Bounded answers. The answer travels to the MCP client through `arc mcp`'s HTTP stream, which breaks on an event
+over 1 MiB, and reaches a model that can read far less: each cell's text is cut to MAX_CELL_CHARS and rows stop
+once the answer passes MAX_ANSWER_BYTES, and the result's `cut` says which. DuckDB's memory_limit does not cover
+one string a function builds (measured: `repeat('x', 10**9)` took 3.9 GB of RSS under a 256MB limit); strings
+over 4 GiB fail at once ("Cannot create a string of size"), which is explained below.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -33,6 +40,9 @@ import duckdb
 from .values import from_json, jsonable
 
 MAX_LIMIT = 10_000
+MAX_CELL_CHARS = 2_000
+MAX_ANSWER_BYTES = 200_000        # as JSON; well under the bridge's 1 MiB event and the client's 50,000 chars x 4
+MAX_CUT_LISTED = 5
 MAX_TIMEOUT_S = 300.0
 # A query runs beside the daemon on the same machine: cap what it may take.
 INSTANCE_CONFIG = {"memory_limit": "2GB", "threads": max(1, min(4, os.cpu_count() or 1))}
@@ -64,8 +74,9 @@ class UserSqlResult:
     columns: list[str]
     rows: list[list[Any]]   # JSON-friendly values: ISO timestamps, floats, lists, dicts (JSON columns parsed)
     row_count: int          # rows returned (at most the limit)
-    truncated: bool         # more rows existed than the limit
+    truncated: bool         # more rows existed than were returned (the limit, or the answer's byte bound)
     elapsed_s: float
+    cut: str | None = None  # which cells were cut and whether rows were left out to bound the answer
 
 
 def run_user_sql(db_path: str | os.PathLike, sql: str, limit: int = 50, timeout_s: float = 10.0) -> UserSqlResult:
@@ -84,22 +95,23 @@ def run_user_sql(db_path: str | os.PathLike, sql: str, limit: int = 50, timeout_
         with _Watchdog(con, timeout_s) as watchdog:
             try:
                 con.execute(sql)
-                raw = con.fetchmany(limit + 1)
+                json_columns = {i for i, d in enumerate(con.description) if str(d[1]) == "JSON"}
+                rows, cut, more = _bounded_rows(con, [d[0] for d in con.description], json_columns, limit)
             except duckdb.InterruptException:
                 raise UserSqlError(f"query stopped after {timeout_s:g} s (time limit): filter more, aggregate, "
                                    "or add LIMIT") from None
+            except duckdb.OutOfMemoryException:
+                raise UserSqlError(f"the query needed more than the {INSTANCE_CONFIG['memory_limit']} user queries "
+                                   "may use: aggregate, filter, or select fewer or shorter columns") from None
             except duckdb.PermissionException:
                 raise UserSqlError("file access is disabled: query the history's tables and views only "
                                    "(read_csv, read_parquet, glob, COPY and ATTACH are refused)") from None
             except duckdb.Error as e:
                 if watchdog.fired:
                     raise UserSqlError(f"query stopped after {timeout_s:g} s (time limit)") from None
-                raise UserSqlError(f"{_short(e)} — {_HOW}") from None
-        json_columns = {i for i, d in enumerate(con.description) if str(d[1]) == "JSON"}
-        rows = [[jsonable(from_json(v) if i in json_columns else v) for i, v in enumerate(row)]
-                for row in raw[:limit]]
-        return UserSqlResult([d[0] for d in con.description], rows, len(rows), len(raw) > limit,
-                             time.perf_counter() - started)
+                raise UserSqlError(_explain(e)) from None
+        return UserSqlResult([d[0] for d in con.description], rows, len(rows), more, time.perf_counter() - started,
+                             cut)
     finally:
         con.close()
 
@@ -125,7 +137,7 @@ def _check_one_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
-        raise UserSqlError(f"syntax error: {_short(e)}") from None
+        raise UserSqlError(f"syntax error: {_explain(e)}") from None
     if len(statements) != 1:
         kinds = ", ".join(_kind(s) for s in statements) or "none"
         raise UserSqlError(f"exactly one statement is allowed, got {len(statements)} ({kinds}): {_HOW}")
@@ -137,6 +149,61 @@ def _check_one_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def _kind(statement: Any) -> str:
     return str(statement.type).rsplit(".", 1)[-1]
+
+
+def _bounded_rows(con: duckdb.DuckDBPyConnection, columns: list[str], json_columns: set[int], limit: int
+                  ) -> tuple[list[list[Any]], str | None, bool]:
+    """Up to `limit` rows, each cell's text within MAX_CELL_CHARS, the whole within MAX_ANSWER_BYTES; rows are
+    fetched one by one, so no row after the one that crosses the bound becomes Python values. Returns (rows, what was cut,
+    whether rows were left out)."""
+    rows: list[list[Any]] = []
+    cut_cells: list[str] = []
+    size = 0
+    while len(rows) < limit:
+        raw = con.fetchone()
+        if raw is None:
+            return rows, _cut_note(cut_cells, None), False
+        row, row_cuts = [], []
+        for i, value in enumerate(raw):
+            value = jsonable(from_json(value) if i in json_columns else value)
+            text = value if isinstance(value, str) else None
+            if isinstance(value, (list, dict)):
+                text = json.dumps(value, separators=(",", ":"))
+            if text is not None and len(text) > MAX_CELL_CHARS:
+                row_cuts.append(f"row {len(rows) + 1} {columns[i]!r} ({len(text):,} chars)")
+                value = text[:MAX_CELL_CHARS] + f"…[cut: {len(text):,} chars]"
+            row.append(value)
+        size += len(json.dumps(row, separators=(",", ":"), default=str).encode())
+        if size > MAX_ANSWER_BYTES:
+            if not rows:
+                raise UserSqlError(f"one row takes {size // 1000:,} KB even with each cell cut to {MAX_CELL_CHARS:,} "
+                                   f"characters; answers are bounded to {MAX_ANSWER_BYTES // 1000} KB: select fewer "
+                                   "columns")
+            return rows, _cut_note(cut_cells, len(rows)), True
+        rows.append(row)
+        cut_cells += row_cuts
+    return rows, _cut_note(cut_cells, None), con.fetchone() is not None
+
+
+def _cut_note(cut_cells: list[str], kept_rows: int | None) -> str | None:
+    notes = []
+    if cut_cells:
+        listed = "; ".join(cut_cells[:MAX_CUT_LISTED]) + ("; …" if len(cut_cells) > MAX_CUT_LISTED else "")
+        notes.append(f"{len(cut_cells)} cell(s) cut to {MAX_CELL_CHARS:,} characters ({listed}): select "
+                     "substr(col, start, 2000) or length(col) to read them")
+    if kept_rows is not None:
+        notes.append(f"rows after row {kept_rows} left out to keep the answer under {MAX_ANSWER_BYTES // 1000} KB: "
+                     "select fewer or shorter columns, or page with LIMIT/OFFSET")
+    return "; ".join(notes) or None
+
+
+def _explain(error: duckdb.Error, max_lines: int = 8, max_chars: int = 300) -> str:
+    """DuckDB's message with its line structure kept, so that the caret under `LINE n:` still points at the
+    token it blames, and what to do next."""
+    lines = [line.rstrip()[:max_chars] for line in str(error).strip().splitlines() if line.strip()][:max_lines]
+    pointed = any(line.lstrip().startswith("^") for line in lines)
+    fix = "fix the query where the ^ points, then " if pointed else ""
+    return "\n".join(lines) + f"\n{fix}{_HOW}"
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..core.user_pattern import UserPatternError, compile_user_pattern
 from ..fleet.hosts_config import _did_you_mean, _dotted, _line_of, _value_at
 
 
@@ -275,10 +275,10 @@ def _check_meaning(cfg: ResearchConfig, problems: "_Problems") -> None:
             problems.add(("command_policy", "allow", i), "an argv prefix must not be empty", "[python, run.py]")
         elif isinstance(entry, str):
             try:
-                re.compile(entry)
-            except re.error as e:
-                problems.add(("command_policy", "allow", i), f"not a valid regular expression ({e})",
-                             "escape special characters, e.g. 'python run\\.py .*'")
+                compile_user_pattern(entry, "the entry")
+            except UserPatternError as e:
+                problems.add(("command_policy", "allow", i), f"not a valid regular expression here ({e})",
+                             "write it in RE2 syntax and escape special characters, e.g. 'python run\\.py .*'")
 
 
 class _Problems:

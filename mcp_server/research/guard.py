@@ -12,7 +12,6 @@ caps the GPUs held at once.
 """
 from __future__ import annotations
 
-import re
 import shlex
 import threading
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Sequence
 from pydantic import BaseModel
 
 from ..core import workloads
+from ..core.user_pattern import compile_user_pattern
 from ..history import History
 from .checkpoints import CheckpointState, approve, checkpoint_due, checkpoint_state
 from .config import ResearchConfig, ResearchConfigError
@@ -59,7 +59,7 @@ def command_problem(cfg: ResearchConfig, row: Mapping[str, Any]) -> str | None:
     for entry in policy.allow:
         if isinstance(entry, list) and argv[:len(entry)] == entry:
             return None
-        if isinstance(entry, str) and re.fullmatch(entry, line):
+        if isinstance(entry, str) and compile_user_pattern(entry).fullmatch(line):
             return None
     allowed = "; ".join(shlex.join(e) + " ..." if isinstance(e, list) else f"/{e}/" for e in policy.allow)
     return (f"command {line[:120]!r} matches no entry of research.yaml command_policy.allow (mode allowlist: "
