@@ -124,6 +124,9 @@ def build(service, token: str):
     async def campaign(request: Request) -> Response:
         return await api(data.campaign)
 
+    async def status(request: Request) -> Response:
+        return await api(data.guardrails)
+
     async def report(request: Request) -> Response:
         return await api(data.report)
 
@@ -181,6 +184,7 @@ def build(service, token: str):
 
     routes = [Route(f"{PREFIX}/", index), Route(f"{PREFIX}/static/{{name}}", static),
               Route(f"{PREFIX}/api/fleet", fleet), Route(f"{PREFIX}/api/campaign", campaign),
+              Route(f"{PREFIX}/api/status", status),
               Route(f"{PREFIX}/api/report", report), Route(f"{PREFIX}/api/jobs", jobs),
               Route(f"{PREFIX}/api/jobs/{{job_id}}", job), Route(f"{PREFIX}/api/jobs/{{job_id}}/log", log_since),
               Route(f"{PREFIX}/api/hypotheses", hypotheses), Route(f"{PREFIX}/events", events),

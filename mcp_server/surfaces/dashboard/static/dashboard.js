@@ -139,7 +139,7 @@ async function route() {
     else if (view === "jobs") await showJobs();
     else if (view === "job") await showJob(arg);
     else if (view === "hypotheses") await showHypotheses();
-    if (view !== "campaign") showStatus((await get("api/campaign")).status);
+    if (view !== "campaign") showStatus(await get("api/status"));
     document.body.dataset.ready = view;
   } catch (e) {
     document.body.dataset.ready = "error";
