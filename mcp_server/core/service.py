@@ -714,7 +714,8 @@ class Service:
         """What changed since `since` (ISO time, or a span like '30m', '2h'; default 1h): jobs ended and failed,
         new bests per GPU class, hypotheses judged, what is running and queued; each class's best against its
         baseline with its significance, search-health warnings, and the guardrails (budget, checkpoint, the
-        person's last approval note). Pass the answer's `until` as the next `since`."""
+        person's last approval note). Pass the answer's `until` as the next `since`. For the person, `arc report -o
+        campaign.html` writes the whole campaign as one HTML file and `arc dashboard` shows it live."""
         return insights.digest(self.history, self.primary_metric, self.metric_direction, since,
                                research=self.research, floors=self._floors(),
                                guardrails=self.guard.status().summary if self.guard else None)

@@ -104,6 +104,9 @@ class DaemonClient:
     def call(self, method: str, timeout: float = 120.0, **params: Any) -> dict[str, Any]:
         return self._request("POST", f"/rpc/{method}", params, timeout)
 
+    def get(self, path: str, timeout: float = 120.0) -> Any:
+        return self._request("GET", path, None, timeout)
+
     def stop(self, timeout: float = 20.0) -> bool:
         if not self.running():
             return False

@@ -5,8 +5,10 @@ One per state dir, guarded by an flock on `<state>/daemon.lock` (the kernel drop
   /mcp          MCP over streamable HTTP (what `arc mcp` bridges stdio to, and what `claude mcp add --transport http`
                 registers);
   /rpc/<name>   the same service operations as JSON, for the `arc` command;
-  /health       liveness.
-Every request must carry `Authorization: Bearer <token>`; the token is generated into `<state>/daemon.token`
+  /health       liveness;
+  /dashboard/   the person's view (surfaces/dashboard): its own gate, a session cookie set by a one-time
+                `?token=` link, loopback Host and Origin only.
+Every other request must carry `Authorization: Bearer <token>`; the token is generated into `<state>/daemon.token`
 (mode 0600). The daemon holds the user's SSH reach to every GPU host, so nothing else may talk to it.
 """
 from __future__ import annotations
@@ -132,7 +134,24 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
                                          allowed_hosts=["127.0.0.1:*", "localhost:*", "localhost", "127.0.0.1"],
                                          allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
     app = mcp.streamable_http_app(transport_security=security)
-    return TokenGate(app, token)
+    return _with_dashboard(TokenGate(app, token), service, token)
+
+
+def _with_dashboard(gated, service: Service, token: str):
+    """Paths under /dashboard go to the dashboard's own gate (a browser cannot send a bearer header); every other
+    path keeps the bearer check."""
+    from ..surfaces.dashboard import PREFIX
+    from ..surfaces.dashboard.app import build
+
+    dashboard = build(service, token)
+
+    async def app(scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == PREFIX or path.startswith(PREFIX + "/")):
+            return await dashboard(scope, receive, send)
+        return await gated(scope, receive, send)
+
+    return app
 
 
 class _Terminated(Exception):

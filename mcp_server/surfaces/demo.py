@@ -531,6 +531,23 @@ def _find(error: BaseException, kind: type[BaseException]) -> BaseException | No
     return None
 
 
+def show_dashboard(paths: StatePaths, console: Console, keep_daemon: bool) -> Path:
+    """The campaign for the person: the dashboard's link, and the report written beside the state dir."""
+    from ..daemon.client import DaemonClient
+    from .dashboard import dashboard_url
+    from .dashboard.report import render
+
+    client = DaemonClient(paths)
+    report = paths.root / "campaign.html"
+    report.write_text(render(client.get("/dashboard/api/report")))
+    console.print(f"report    [bold]{report}[/bold] (one file, opens with no network)")
+    url = dashboard_url(client.info()["port"], client.token())
+    console.print(f"dashboard {url}" + ("" if keep_daemon else
+                  f"\n          (the daemon stops now: `arc --state-dir {paths.root} dashboard` starts it again)"),
+                  soft_wrap=True)
+    return report
+
+
 def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int = DEFAULT_STEPS,
              console: Console | None = None, keep_daemon: bool = False) -> DemoResult:
     from ..daemon.client import DaemonClient
@@ -552,6 +569,7 @@ def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int =
         # The bridge or the daemon failed: their logs say why.
         raise DemoError(f"the MCP session ended with {type(e).__name__}: {e}\n"
                         f"see {paths.root / 'bridge.log'} and {paths.daemon_log}") from e
+        show_dashboard(paths, console, keep_daemon)
     finally:
         if not keep_daemon:
             DaemonClient(paths).stop()

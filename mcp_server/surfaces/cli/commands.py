@@ -43,6 +43,14 @@ def add_commands(sub) -> None:
     dp.add_argument("--max-bytes", type=int, help="cap on the corpus size")
     dp.set_defaults(fn=cmd_data_prepare)
 
+    db = sub.add_parser("dashboard", help="the campaign in a browser: prints (or opens) a link to the daemon's page")
+    db.add_argument("--open", action="store_true", help="open it in the default browser too")
+    db.set_defaults(fn=cmd_dashboard)
+
+    rp = sub.add_parser("report", help="the campaign as one self-contained HTML file (opens with no network)")
+    rp.add_argument("-o", "--output", default="campaign.html", help="the file to write (default campaign.html)")
+    rp.set_defaults(fn=cmd_report)
+
     m = sub.add_parser("mcp", help="MCP over stdio, for Claude Code (starts the daemon if needed)")
     m.set_defaults(fn=cmd_mcp)
 
@@ -175,4 +183,38 @@ def cmd_demo(args) -> int:
                  keep_daemon=args.keep_daemon)
     except DemoError as e:
         raise CliError(str(e)) from None
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from ..dashboard import dashboard_url
+
+    daemon = client(args)
+    url = dashboard_url(daemon.info()["port"], daemon.token())
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    # The link carries the token once (as Jupyter's does): whoever has it can act as the person until it changes.
+    emit(args, {"url": url}, lambda c, d: c.print(f"dashboard: {d['url']}\n(the link holds the daemon's token: "
+                                                  "keep it to yourself)", soft_wrap=True))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ...daemon.client import DaemonError
+    from ..dashboard.report import render
+
+    try:
+        data = client(args).get("/dashboard/api/report")
+    except DaemonError as e:
+        raise CliError(f"cannot read the campaign for the report: {e}") from None
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(data))
+    tmp.replace(out)      # a half-written report never replaces a whole one
+    emit(args, {"path": str(out.resolve()), "runs": len(data["points"])},
+         lambda c, d: c.print(f"wrote {d['path']}: {d['runs']} run(s); it opens from disk with no network"))
     return 0
