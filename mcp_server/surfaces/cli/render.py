@@ -49,9 +49,12 @@ def render_next(console, data: dict) -> None:
         console.print(f"next: {as_command_line(data['next'])}", style="dim", markup=False, highlight=False)
 
 
+def frees(seconds: float | None) -> str:
+    return f"next frees in {seconds:.0f}s" if seconds is not None else ""
+
+
 def render_gpus(console, data: dict) -> None:
     """Per GPU class, then the page of hosts: GPU by GPU when the answer itemises them, else one line a host."""
-    frees = lambda s: f"next frees in {s:.0f}s" if s is not None else ""
     if len(data.get("classes") or []) > 1 or not any(h.get("gpus") is not None for h in data["hosts"]):
         console.print(table(None, ["class", "GPUs", "free", "hosts", ""],
                             [[c["gpu_class"], c["gpus"], c["free"], c["hosts"], frees(c.get("next_frees_in_s"))]
