@@ -114,17 +114,35 @@ class GpuView(BaseModel):
 
 
 class HostView(BaseModel):
+    """A host in one row: its GPUs counted by state; `gpus` itemises them only in a detailed answer."""
     name: str
     reachable: bool
     error: str | None = None
-    gpus: list[GpuView] = Field(default_factory=list)
+    gpu_class: str | None = Field(None, description="its GPUs' class ('A+B' when it has several)")
+    n_gpus: int = 0
+    free: int = 0
+    next_frees_in_s: float | None = Field(None, description="the soonest one of its busy GPUs frees, at most")
+    gpus: list[GpuView] | None = Field(None, description="per GPU: with detail=true, or when the answer is small")
     cpu_slots: int = 0
     cpu_slots_used: int = 0
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str] | None = None
+
+
+class GpuClassCount(BaseModel):
+    gpu_class: str
+    gpus: int
+    free: int
+    hosts: int
+    next_frees_in_s: float | None = Field(None, description="the soonest a busy GPU of this class frees, at most")
 
 
 class GpuList(Result):
-    hosts: list[HostView]
+    """The fleet in a bounded answer at any size: per GPU class, then one page of hosts."""
+    classes: list[GpuClassCount]
+    hosts: list[HostView] = Field(description="one page of hosts (limit/offset), by name")
+    hosts_total: int = Field(description="hosts that match the filters")
+    offset: int = 0
+    unreachable: list[str] = Field(default_factory=list, description="hosts that do not answer (the first 50)")
 
 
 class SubmittedJob(BaseModel):

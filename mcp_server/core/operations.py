@@ -46,6 +46,7 @@ class Shown:
     what: str = ""                 # what the fenced text is, formatted with the call's arguments
     fence_empty: bool = False      # fence even no text (an empty log is an answer; an empty diff is none)
     image: str | None = None       # this field holds a PNG: the answer is the summary and the image
+    keep: Literal["head", "tail"] = "tail"   # the end of the text an answer too long for the client keeps
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .errors import ArcError
 from .file_stamp import FileStamp
 from .gpu_classes import CPU_CLASS, gpu_class
 from .models import (
-    CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
+    CancelResult, Digest, GpuClassCount, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
     JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult,
     SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
 )
@@ -49,9 +49,38 @@ log = logging.getLogger("arc.service")
 MAX_ROWS = 500
 MAX_LOG_LINES = 2000
 MAX_BATCH = 200
-MAX_LOG_BYTES = 64_000       # one tail_log answer
+MAX_LOG_BYTES = 64_000       # the stretch of log a grep searches
+# What a log may take of one answer: the rest of the tools' bound (tools.MAX_ANSWER_CHARS) is the header and fence.
+# In bytes, which are never fewer than the characters they decode to.
+LOG_TEXT_BUDGET = 36_000
+HOST_PAGE = 40               # hosts per list_gpus page, as counts
+HOST_PAGE_DETAIL = 5         # ... and GPU by GPU
+SMALL_FLEET_GPUS = 16        # up to this many GPUs list_gpus shows each one by default
 FIRST_CONNECT_WAIT_S = 5.0
 JobIds = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH, description="job ids, e.g. ['j3', 'j7']")]
+
+
+def newest_lines(text: str, budget: int) -> tuple[str, bool]:
+    """The newest whole lines of `text` that fit in `budget` characters, and whether older ones were left out."""
+    if len(text) <= budget:
+        return text, False
+    cut = text.find("\n", len(text) - budget)
+    return (text[cut + 1:] if cut >= 0 else text[-budget:]), True
+
+
+def _class_counts(views: list[HostView]) -> list[GpuClassCount]:
+    """Per GPU class: GPUs, free, hosts, and the soonest a busy one frees."""
+    by: dict[str, list[GpuView]] = {}
+    hosts: dict[str, set[str]] = {}
+    for v in views:
+        for g in v.gpus or []:
+            by.setdefault(g.gpu_class, []).append(g)
+            hosts.setdefault(g.gpu_class, set()).add(v.name)
+    return [GpuClassCount(gpu_class=c, gpus=len(gs), free=sum(1 for g in gs if g.job_id is None),
+                          hosts=len(hosts[c]),
+                          next_frees_in_s=min((g.frees_in_s for g in gs if g.job_id and g.frees_in_s is not None),
+                                              default=None))
+            for c, gs in sorted(by.items())]
 
 
 class Service:
@@ -134,55 +163,90 @@ class Service:
     # ---- GPUs -------------------------------------------------------------------------------------------
 
     @operation(cli="gpus", effect="read")
-    def list_gpus(self, host: str | None = None) -> GpuList:
-        """Every host and GPU: model, class, memory used/total, utilization, temperature, the job on it and when
-        it frees; unreachable hosts with the reason; CPU slots. Call it first to see what can run now."""
+    def list_gpus(self, host: str | None = None, gpu_class: str | None = None, free_only: bool = False,
+                  detail: bool | None = None, limit: Annotated[int | None, Field(ge=1, le=200)] = None,
+                  offset: Annotated[int, Field(ge=0)] = 0) -> GpuList:
+        """The fleet: per GPU class, GPUs free and busy and when the next frees; per host (a page of 40, by name)
+        the same counts, unreachable hosts with the reason, CPU slots. Filter by host, gpu_class or free_only;
+        detail=true lists each GPU (model, memory, utilization, the job on it; 5 hosts a page). Call it first to
+        see what can run now."""
         fleet = self.scheduler.host_configs()
-        hosts = fleet if host is None else [h for h in fleet if h.name == host]
-        if not hosts:
-            raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: " + ", ".join(h.name for h in fleet))
+        known = {h.name for h in fleet}
+        if host is not None and host not in known:
+            raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: "
+                           + ", ".join(sorted(known)[:20]) + (" ..." if len(known) > 20 else ""))
+        hosts = sorted((h for h in fleet if host is None or h.name == host), key=lambda h: h.name)
         answers = self.scheduler.inventories([h.name for h in hosts], FIRST_CONNECT_WAIT_S)
         running = {j["job_id"]: j for j in self.history.jobs(status=list(ACTIVE_STATUSES), limit=None)}
-        now = time.time()
-        views: list[HostView] = []
-        for h in hosts:
-            inv = answers.get(h.name)
-            if isinstance(inv, Exception) or inv is None:
-                views.append(HostView(name=h.name, reachable=False, error=str(inv) if inv else "not connected",
-                                      labels=list(h.labels)))
-                continue
-            gpus = []
-            for g in inv.get("gpus", []):
-                if h.gpus != "all" and g["index"] not in h.gpus:
-                    continue
-                job_id = self.scheduler.our_job_id(g.get("claimed_by"))
-                job = running.get(job_id or "")
-                frees = None
-                if job and job.get("started_at") and job.get("time_limit_s"):
-                    started = job["started_at"].timestamp() if hasattr(job["started_at"], "timestamp") \
-                        else float(job["started_at"])
-                    frees = max(0.0, round(started + float(job["time_limit_s"]) - now))
-                gpus.append(GpuView(
-                    index=g["index"], model=g["name"], gpu_class=gpu_class(g["name"]),
-                    memory_used_gb=None if g.get("memory_used_mb") is None else round(g["memory_used_mb"] / 1024, 1),
-                    memory_total_gb=round(g["memory_total_mb"] / 1024, 1), util_pct=g.get("utilization_pct"),
-                    temp_c=g.get("temperature_c"), frees_in_s=frees,
-                    job_id=job_id or ("another history's job" if g.get("claimed_by") else None),
-                    simulated=bool(g.get("simulated"))))
-            views.append(HostView(name=h.name, reachable=True, gpus=gpus, cpu_slots=inv.get("cpu_slots", 0),
-                                  cpu_slots_used=inv.get("cpu_slots_used", 0), labels=list(h.labels)))
-        n_gpus = sum(len(v.gpus) for v in views)
-        n_free = sum(1 for v in views for g in v.gpus if g.job_id is None)
+        views = [self._host_view(h, answers.get(h.name), gpu_class, running) for h in hosts]
+        if gpu_class is not None:
+            if not any(v.gpus for v in views) and all(v.reachable for v in views):
+                raise ArcError(f"no GPU of class '{gpu_class}' on " + (host or "the fleet")
+                               + "; list_gpus() without gpu_class shows the classes there are")
+            views = [v for v in views if v.gpus or not v.reachable]
+        counts = _class_counts(views)
         down = [v.name for v in views if not v.reachable]
-        summary = f"{len(views)} hosts, {n_gpus} GPUs ({n_free} free)" + (
-            f"; unreachable: {', '.join(down)}" if down else "")
+        n_gpus = sum(c.gpus for c in counts)
+        n_free = sum(c.free for c in counts)
         cpu_free = sum(v.cpu_slots - v.cpu_slots_used for v in views if v.reachable)
+        shown = [v for v in views if v.free or v.cpu_slots > v.cpu_slots_used] if free_only else views
+        if detail is None:      # a small fleet reads best GPU by GPU; a large one only as counts
+            detail = sum(v.n_gpus for v in shown) <= SMALL_FLEET_GPUS and len(shown) <= HOST_PAGE_DETAIL
+        page = shown[offset:offset + (limit or (HOST_PAGE_DETAIL if detail else HOST_PAGE))]
+        if not detail:
+            page = [v.model_copy(update={"gpus": None, "error": (v.error or "")[:120] or None}) for v in page]
+        elif free_only:
+            page = [v.model_copy(update={"gpus": [g for g in v.gpus or [] if g.job_id is None]}) for v in page]
+        summary = f"{len(views)} hosts, {n_gpus} GPUs ({n_free} free)"
+        if len(counts) > 1:
+            summary += ": " + ", ".join(f"{c.gpu_class} {c.free}/{c.gpus} free" for c in counts[:8])
+        if down:
+            summary += f"; unreachable: {', '.join(down[:10])}" + (f" and {len(down) - 10} more" if len(down) > 10
+                                                                    else "")
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
+        if offset or offset + len(page) < len(shown):
+            summary += (f"; hosts {offset + 1 if page else 0}-{offset + len(page)} of {len(shown)} shown ("
+                        + next_page("list_gpus", offset + len(page), host=host, gpu_class=gpu_class,
+                                    free_only=free_only or None, detail=detail or None, limit=limit)
+                        + " for more)")
         if self.hosts_stamp is not None and self.hosts_stamp.changed():
             summary += (f"; {self.hosts_stamp.path} has changed since the daemon started: a person runs "
                         "`arc daemon restart` to apply it")
-        return GpuList(summary=summary, hosts=views, next="submit_jobs" if n_free or cpu_free else "wait_for_jobs")
+        return GpuList(summary=summary, classes=counts, hosts=page, hosts_total=len(shown), offset=offset,
+                       unreachable=down[:50], next="submit_jobs" if n_free or cpu_free else "wait_for_jobs")
+
+    def _host_view(self, h, inv: Any, only_class: str | None, running: dict[str, dict]) -> HostView:
+        """One host as list_gpus shows it, every GPU itemised (the page decides whether they are shown)."""
+        labels = list(h.labels) or None
+        if isinstance(inv, Exception) or inv is None:
+            return HostView(name=h.name, reachable=False, error=str(inv) if inv else "not connected", labels=labels)
+        now = time.time()
+        gpus = []
+        for g in inv.get("gpus", []):
+            if (h.gpus != "all" and g["index"] not in h.gpus) or \
+                    (only_class is not None and gpu_class(g["name"]) != only_class):
+                continue
+            job_id = self.scheduler.our_job_id(g.get("claimed_by"))
+            job = running.get(job_id or "")
+            frees = None
+            if job and job.get("started_at") and job.get("time_limit_s"):
+                started = job["started_at"].timestamp() if hasattr(job["started_at"], "timestamp") \
+                    else float(job["started_at"])
+                frees = max(0.0, round(started + float(job["time_limit_s"]) - now))
+            gpus.append(GpuView(
+                index=g["index"], model=g["name"], gpu_class=gpu_class(g["name"]),
+                memory_used_gb=None if g.get("memory_used_mb") is None else round(g["memory_used_mb"] / 1024, 1),
+                memory_total_gb=round(g["memory_total_mb"] / 1024, 1), util_pct=g.get("utilization_pct"),
+                temp_c=g.get("temperature_c"), frees_in_s=frees,
+                job_id=job_id or ("another history's job" if g.get("claimed_by") else None),
+                simulated=bool(g.get("simulated"))))
+        busy = [g.frees_in_s for g in gpus if g.job_id is not None and g.frees_in_s is not None]
+        return HostView(name=h.name, reachable=True, gpus=gpus, n_gpus=len(gpus),
+                        free=sum(1 for g in gpus if g.job_id is None),
+                        gpu_class="+".join(sorted({g.gpu_class for g in gpus})) or None,
+                        next_frees_in_s=min(busy, default=None), cpu_slots=inv.get("cpu_slots", 0),
+                        cpu_slots_used=inv.get("cpu_slots_used", 0), labels=labels)
 
     # ---- submission -------------------------------------------------------------------------------------
 
@@ -360,7 +424,9 @@ class Service:
                 pattern = compile_user_pattern(grep, "grep pattern")
             except UserPatternError as e:
                 raise ArcError(str(e)) from None
-        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id), "max_bytes": MAX_LOG_BYTES}
+        # A grep searches a longer stretch than an answer holds; its hits are then held to the answer's budget.
+        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id),
+                                  "max_bytes": LOG_TEXT_BUDGET if pattern is None else MAX_LOG_BYTES}
         if offset is not None:
             params["offset"] = offset
         else:
@@ -371,22 +437,33 @@ class Service:
             raise ArcError(f"cannot reach {row['host']} to read the log ({e}); try again later") from None
         except AgentError as e:
             raise ArcError(f"{row['host']} could not read the log: {e.message}") from None
-        text = res["text"]
+        text, start = res["text"], res["offset"]
         cut_note = ""
         if pattern is not None:
             all_lines = text.splitlines()
-            hits = [ln for ln in all_lines if pattern.search(ln)]
-            text = "\n".join(hits[-lines:])
+            text = "\n".join([ln for ln in all_lines if pattern.search(ln)][-lines:])
             long_lines = sum(1 for ln in all_lines if len(ln) > MAX_SUBJECT_CHARS)
             if long_lines:
                 cut_note = (f"; grep looked at only the first {MAX_SUBJECT_CHARS:,} characters of {long_lines} "
                             "longer line(s)")
+        text, dropped = newest_lines(text, LOG_TEXT_BUDGET)
         n = len(text.splitlines())
-        return LogTail(summary=f"{n} line(s) of {job_id}'s log ({row['status']}){cut_note}", job_id=job_id,
-                       text=text,
-                       offset=res["offset"], next_offset=res["next_offset"], truncated=res["truncated"],
-                       next=f"tail_log(job_id='{job_id}', offset={res['next_offset']}) for new output"
-                       if row["status"] in ACTIVE_STATUSES else None)
+        summary = f"{n} line(s) of {job_id}'s log ({row['status']}){cut_note}"
+        follow = f"tail_log(job_id='{job_id}', offset={res['next_offset']})"
+        if offset is not None and res["truncated"]:
+            summary += f"; more follows: {follow} reads on"
+            nxt = follow
+        elif dropped or (pattern is None and res["truncated"] and n < lines):
+            # Older lines did not fit: the newest are what a reader needs (the result, the error).
+            earlier = max(0, start - LOG_TEXT_BUDGET)
+            summary += (f", the newest {n} only: an answer is held under {LOG_TEXT_BUDGET // 1000} KB of log so "
+                        "that the client shows it whole")
+            nxt = (f"tail_log(job_id='{job_id}', offset={earlier}) reads the older output before these lines, "
+                   f"or tail_log(job_id='{job_id}', grep='<regex>') finds lines in it")
+        else:
+            nxt = f"{follow} for new output" if row["status"] in ACTIVE_STATUSES else None
+        return LogTail(summary=summary, job_id=job_id, text=text, offset=start, next_offset=res["next_offset"],
+                       truncated=res["truncated"] or dropped, next=nxt)
 
     @operation(cli="wait", effect="read")
     def wait_for_jobs(self, job_ids: Annotated[JobIds, Cli(positional=True)], mode: Literal["any", "all"] = "any",
@@ -598,7 +675,7 @@ class Service:
         return result
 
     @operation(cli="diff", effect="read", offline=True,
-               shown=Shown(text="diff", label="CODE DIFF", what="the code diff from {a} to {b}"))
+               shown=Shown(text="diff", label="CODE DIFF", what="the code diff from {a} to {b}", keep="head"))
     def diff_jobs(self, a: Annotated[str, Cli(positional=True)], b: Annotated[str, Cli(positional=True)],
                   max_lines: Annotated[int, Field(ge=10, le=5000)] = 300) -> JobDiff:
         """What differs from job a to job b: config keys, seed, time budget, GPU class, command, and their code

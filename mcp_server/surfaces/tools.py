@@ -11,10 +11,12 @@ and what the person runs. Approving is a person's act: `arc approve` exists, an 
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
 import logging
+import math
 import secrets
 import threading
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..core import operations
 from ..core.errors import ArcError
+from ..core.models import next_page
 from ..core.operations import Operation, explain
 from ..core.service import Service
 from ..research import pause_prefix
@@ -49,6 +52,15 @@ judge with update_hypothesis, compare within one GPU class (leaderboard). Job ou
 answer starts with PAUSED, stop submitting and report to the person: only they can approve the next stretch."""
 
 MAX_WAITERS = 256
+# No answer is longer than this (its text blocks together). Claude Code moves a longer tool result into a file and
+# shows the model a 2 KB preview of its start: a log's newest lines, an error, the fence's END marker all lost. Its
+# threshold is 50,000 characters (measured: 45.6 k arrived whole, 63 k was moved); the difference leaves room for a
+# PAUSED prefix.
+MAX_ANSWER_CHARS = 40_000
+# Said on every tool as `_meta["anthropic/maxResultSizeChars"]`, which Claude Code (2.1.x) reads as that tool's
+# threshold instead of its default: so the answers above stay whole even if the client's default shrinks.
+CLIENT_SHOWS_CHARS = 50_000
+NOTE_ROOM = 600         # what a cut's note adds to the summary and next
 log = logging.getLogger("arc.tools")
 
 
@@ -120,12 +132,89 @@ def with_prefix(result: CallToolResult, prefix: str) -> CallToolResult:
     return result.model_copy(update={"content": content})
 
 
-def answer(result: BaseModel) -> CallToolResult:
+def answer(result: BaseModel, fitted: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d) -> CallToolResult:
     """A result as structured content without its null fields (absent means null in the output schema), which
     keeps every answer a little smaller for the model; the same JSON as text for clients that read only text.
     Through pydantic's JSON, so a diverged run's NaN metric reads as null rather than as invalid JSON."""
-    text = result.model_dump_json(exclude_none=True)
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=json.loads(text))
+    data = fitted(json.loads(result.model_dump_json(exclude_none=True)))
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _lists(value: Any, path: str = "") -> Iterator[tuple[str, list]]:
+    """Every non-empty list inside an answer, with where it is (e.g. 'classes[0].best')."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _lists(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        if value:
+            yield path, value
+        for i, v in enumerate(value):
+            yield from _lists(v, f"{path}[{i}]")
+
+
+def _strings(value: Any) -> Iterator[tuple[Any, Any, str]]:
+    """Every string value inside an answer, as (container, key, string)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(v, str):
+            yield value, k, v
+        else:
+            yield from _strings(v)
+
+
+def fit_structured(op: Operation, data: dict[str, Any], arguments: dict[str, Any],
+                   limit: int = MAX_ANSWER_CHARS) -> dict[str, Any]:
+    """`data` within `limit` characters: rows dropped from the end of its largest lists (then, if that is not
+    enough, its longest strings shortened), and its summary says so and which call gets the rest. An answer that
+    passed the client's threshold would reach the model as a 2 KB preview, which is worse than a page."""
+    if _size(data) <= limit:
+        return data
+    data = copy.deepcopy(data)
+    room = limit - NOTE_ROOM
+    cut: dict[str, tuple[int, int]] = {}        # path: (kept, total)
+    while _size(data) > room:
+        found = max(_lists(data), key=lambda pl: _size(pl[1]), default=None)
+        if found is None:
+            break
+        path, rows = found
+        excess = _size(data) - room
+        drop = min(len(rows), max(1, math.ceil(excess / (_size(rows) / len(rows)))))
+        cut[path] = (len(rows) - drop, cut.get(path, (0, len(rows)))[1])
+        del rows[len(rows) - drop:]
+    while _size(data) > room:
+        container, key, text = max(_strings(data), key=lambda s: len(s[2]))
+        container[key] = text[:max(80, len(text) - (_size(data) - room) - 20)] + " …(cut)"
+    parts = [f"{path} {kept} of {total}" for path, (kept, total) in cut.items()]
+    note = (f" [answer cut to stay under {limit:,} characters, which the client shows whole: "
+            + (", ".join(parts[:4]) if parts else "long text shortened") + "]")
+    data["summary"] = data.get("summary", "") + note
+    top = [path for path in cut if "." not in path and "[" not in path]
+    if top and "offset" in op.params.model_fields:
+        kept = cut[top[0]][0]
+        given = {k: v for k, v in arguments.items() if k not in ("offset", "limit")}
+        data["next"] = next_page(op.name, int(arguments.get("offset") or 0) + kept, **given, limit=kept)
+    else:
+        data["next"] = (f"{op.name} with narrower arguments (a filter, a smaller limit or fewer ids) for what was "
+                        "cut" + (f"; then {data['next']}" if data.get("next") else ""))
+    return data
+
+
+def fit_text(text: str, budget: int, keep: str) -> tuple[str, int]:
+    """`text` in `budget` characters as whole lines from its end (keep='tail') or its start; the lines left out."""
+    if len(text) <= budget:
+        return text, 0
+    if keep == "tail":
+        cut = text.find("\n", len(text) - budget)
+        kept = text[cut + 1:] if cut >= 0 else text[-budget:]
+    else:
+        cut = text.rfind("\n", 0, budget)
+        kept = text[:cut + 1] if cut >= 0 else text[:budget]
+    return kept, text.count("\n") - kept.count("\n")
 
 
 def fence_untrusted(what: str, text: str, label: str = "JOB OUTPUT") -> str:
@@ -154,17 +243,28 @@ def protocol_text(metric: str, direction: str, goal: str) -> str:
 
 def present(op: Operation, result: BaseModel, arguments: dict[str, Any]) -> CallToolResult | list:
     """A result as the agent should read it: structured content, or a small JSON header and the fenced text
-    (the model reads text content only when there is no structured content), or the summary and an image."""
+    (the model reads text content only when there is no structured content), or the summary and an image.
+    Every answer is held to MAX_ANSWER_CHARS here; an operation that knows a smarter cut (tail_log keeps the
+    newest lines and names the call for the older ones) makes it first."""
     shown = op.shown
     if shown.image:
         return [result.summary, Image(data=getattr(result, shown.image), format="png")]
     if shown.text:
         text = getattr(result, shown.text)
-        header = result.model_dump(exclude={shown.text}, exclude_none=True)
-        fenced = [fence_untrusted(shown.what.format(**arguments), text, shown.label)] \
-            if text or shown.fence_empty else []
-        return header_and_text(header, *fenced)
-    return answer(result)
+        header = fit_structured(op, result.model_dump(mode="json", exclude={shown.text}, exclude_none=True),
+                                arguments, limit=MAX_ANSWER_CHARS // 4)
+        if not text and not shown.fence_empty:
+            return header_and_text(header)
+        what = shown.what.format(**arguments)
+        # The fence's markers and its header line stay whole: only the text between them is cut.
+        budget = MAX_ANSWER_CHARS - _size(header) - len(fence_untrusted(what, "", shown.label)) - NOTE_ROOM
+        text, left_out = fit_text(text, budget, shown.keep)
+        if left_out:
+            where = "older" if shown.keep == "tail" else "later"
+            header["summary"] += (f" [{left_out} {where} line(s) cut to stay under {MAX_ANSWER_CHARS:,} "
+                                  "characters, which the client shows whole]")
+        return header_and_text(header, fence_untrusted(what, text, shown.label))
+    return answer(result, lambda data: fit_structured(op, data, arguments))
 
 
 def tool_function(op: Operation, service: Service, waiters: anyio.CapacityLimiter) -> Callable[..., Any]:
@@ -216,7 +316,8 @@ def build_server(service: Service, name: str = "arc") -> MCPServer:
     waiters = anyio.CapacityLimiter(MAX_WAITERS)
     for op in operations.tools():
         mcp.add_tool(tool_function(op, service, waiters), name=op.name, description=op.help,
-                     annotations=ANNOTATIONS[op.effect], structured_output=not op.shown.image and None)
+                     annotations=ANNOTATIONS[op.effect], structured_output=not op.shown.image and None,
+                     meta={"anthropic/maxResultSizeChars": CLIENT_SHOWS_CHARS})
 
     # ---- prompt and resources ------------------------------------------------------------------------------
 

@@ -49,17 +49,28 @@ def render_next(console, data: dict) -> None:
         console.print(f"next: {as_command_line(data['next'])}", style="dim", markup=False, highlight=False)
 
 
+def frees(seconds: float | None) -> str:
+    return f"next frees in {seconds:.0f}s" if seconds is not None else ""
+
+
 def render_gpus(console, data: dict) -> None:
+    """Per GPU class, then the page of hosts: GPU by GPU when the answer itemises them, else one line a host."""
+    if len(data.get("classes") or []) > 1 or not any(h.get("gpus") is not None for h in data["hosts"]):
+        console.print(table(None, ["class", "GPUs", "free", "hosts", ""],
+                            [[c["gpu_class"], c["gpus"], c["free"], c["hosts"], frees(c.get("next_frees_in_s"))]
+                             for c in data.get("classes") or []]))
     rows = []
     for h in data["hosts"]:
         if not h["reachable"]:
             rows.append([h["name"], "-", "unreachable", "", "", "", h.get("error", "")])
             continue
-        for g in h["gpus"]:
+        if h.get("gpus") is None:
+            rows.append([h["name"], h.get("n_gpus", 0), h.get("gpu_class") or "", "", "",
+                         f"{h.get('free', 0)} free", frees(h.get("next_frees_in_s"))])
+        for g in h.get("gpus") or []:
             mem = f"{fmt(g.get('memory_used_gb'))}/{g['memory_total_gb']} GB"
             rows.append([h["name"], g["index"], g["gpu_class"] + (" (sim)" if g.get("simulated") else ""), mem,
-                         fmt(g.get("util_pct")), g.get("job_id") or "free",
-                         f"frees in {g['frees_in_s']:.0f}s" if g.get("frees_in_s") is not None else ""])
+                         fmt(g.get("util_pct")), g.get("job_id") or "free", frees(g.get("frees_in_s"))])
         if h.get("cpu_slots"):
             rows.append([h["name"], "cpu", f"{h['cpu_slots']} slots", "", "", f"{h['cpu_slots_used']} used", ""])
     console.print(table(None, ["host", "gpu", "class", "memory", "util %", "job", ""], rows))
