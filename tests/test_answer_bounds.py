@@ -111,8 +111,8 @@ async def test_every_tool_declares_the_client_threshold(small_client):
 
 async def test_a_list_answer_past_the_bound_drops_rows_from_the_end_and_says_so(small_client):
     await finished(small_client, metric_job(1.0))
-    # Rows as wide as the SQL makes them: 500 of ~400 characters is far past the bound.
-    sql = "SELECT job_id, repeat('y', 400) AS wide FROM range(500) r, (SELECT job_id FROM jobs LIMIT 1)"
+    # 500 rows of ~250 characters: within what the SQL layer returns (200 KB), far past one answer's bound.
+    sql = "SELECT job_id, repeat('y', 250) AS wide FROM range(500) r, (SELECT job_id FROM jobs LIMIT 1)"
     result = await small_client.call_tool("query_results", {"sql": sql, "limit": 500})
     answer = data(result)
     assert size(result) <= MAX_ANSWER_CHARS
