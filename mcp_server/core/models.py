@@ -117,6 +117,7 @@ class HostView(BaseModel):
     name: str
     reachable: bool
     error: str | None = None
+    waiting: str | None = None      # capacity asked for, not there yet (a pending Slurm allocation): why
     gpus: list[GpuView] = Field(default_factory=list)
     cpu_slots: int = 0
     cpu_slots_used: int = 0

@@ -242,6 +242,9 @@ class Scheduler:
         unknown = self.unknown_hosts()
         if unknown and (req.host is None or req.host in unknown):
             return None
+        wanted = req.model_dump(exclude_defaults=True)
+        if any(source.could_make(wanted) for source in self.fleet.sources):
+            return None     # a cluster makes a host that fits when the job is queued
         return why_impossible(req, self.capacity())
 
     def fleet_has_gpus(self) -> bool:

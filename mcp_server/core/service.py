@@ -58,7 +58,7 @@ class Service:
     """The daemon's instance owns the history and the fleet. A `read_only` instance (the CLI when no daemon runs)
     reads the history file directly and can answer only the operations that need no host."""
 
-    def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | None, settings: SchedulerSettings | None = None,
+    def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | list[HostSource] | None, settings: SchedulerSettings | None = None,
                  read_only: bool = False, research: ResearchConfig | None = None,
                  research_file: Path | None = None, hosts_file: Path | None = None):
         self.paths = paths.ensure()
@@ -75,8 +75,9 @@ class Service:
         self.snapshots: SnapshotWriter | None = None
         self.guard: Guardrails | None = None
         if not read_only:
-            source = hosts if isinstance(hosts, HostSource) else StaticHosts(hosts)
-            prices = {h.name: h.cost_per_gpu_hour for h in source.hosts() if h.cost_per_gpu_hour is not None}
+            source = hosts if isinstance(hosts, (HostSource, list)) else StaticHosts(hosts)
+            sources = source if isinstance(source, list) else [source]
+            prices = {h.name: h.cost_per_gpu_hour for s in sources for h in s.hosts() if h.cost_per_gpu_hour is not None}
             self.guard = Guardrails(self.research, self.history, prices)
             self.scheduler = Scheduler(self.history, source, self.code, paths.data_dir, settings,
                                        allowance=self.guard.allowance, job_argv=workloads.job_argv,
@@ -171,11 +172,16 @@ class Service:
                     simulated=bool(g.get("simulated"))))
             views.append(HostView(name=h.name, reachable=True, gpus=gpus, cpu_slots=inv.get("cpu_slots", 0),
                                   cpu_slots_used=inv.get("cpu_slots_used", 0), labels=list(h.labels)))
+        if host is None:     # capacity on its way (a pending Slurm allocation): why it waits, for people
+            views += [HostView(name=name, reachable=False, waiting=facts.waiting)
+                      for source in self.scheduler.fleet.sources for name, facts in source.pending().items()]
         n_gpus = sum(len(v.gpus) for v in views)
         n_free = sum(1 for v in views for g in v.gpus if g.job_id is None)
-        down = [v.name for v in views if not v.reachable]
+        down = [v.name for v in views if not v.reachable and not v.waiting]
+        waiting = [v.name for v in views if v.waiting]
         summary = f"{len(views)} hosts, {n_gpus} GPUs ({n_free} free)" + (
-            f"; unreachable: {', '.join(down)}" if down else "")
+            f"; unreachable: {', '.join(down)}" if down else "") + (
+            f"; waiting: {', '.join(waiting)}" if waiting else "")
         cpu_free = sum(v.cpu_slots - v.cpu_slots_used for v in views if v.reachable)
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"

@@ -52,6 +52,9 @@ def render_next(console, data: dict) -> None:
 def render_gpus(console, data: dict) -> None:
     rows = []
     for h in data["hosts"]:
+        if h.get("waiting"):
+            rows.append([h["name"], "-", "waiting", "", "", "", h["waiting"]])
+            continue
         if not h["reachable"]:
             rows.append([h["name"], "-", "unreachable", "", "", "", h.get("error", "")])
             continue
