@@ -60,7 +60,7 @@ def status(service: Service, job_id: str) -> dict:
 
 def test_jobs_run_inside_an_allocation_that_is_released_when_idle(slurm, arc):
     service, cluster = arc(idle_release_s=3)
-    jobs = [j.job_id for j in service.submit_jobs([sleeper(1, requirements={"gpus": 1})] * 2).jobs]
+    jobs = [j.job_id for j in service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=60)] * 2).jobs]
     for job_id in jobs:
         wait_for(lambda: status(service, job_id)["status"] == "succeeded", 120, f"{job_id} to succeed in Slurm")
         assert status(service, job_id)["host"].startswith("uni-")
@@ -77,7 +77,7 @@ def test_a_pending_allocation_shows_its_reason(slurm, arc):
                 for _ in slurm.nodes]
     try:
         service, cluster = arc()
-        service.submit_jobs([sleeper(1, requirements={"gpus": 1})])
+        service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=60)])
         waiting = wait_for(lambda: [h for h in service.list_gpus().hosts if h.waiting], 60,
                            "the pending allocation in list_gpus")
         wait_for(lambda: "Resources" in (service.list_gpus().hosts[-1].waiting or ""), 60, "Slurm's reason")

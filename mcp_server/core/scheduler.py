@@ -423,16 +423,15 @@ class Scheduler:
 
     def dispatch_once(self) -> int:
         """Place and launch every queued job that fits now (within the research allowance); returns how many."""
-        ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
-        if not ready:
-            return 0
-        ends = {c.name: self.fleet.facts(c.name).expires_at for c in ready}
-        now = time.time()
+        # The queue is read even with no host ready: a source that makes hosts (a Slurm cluster) reacts to it.
         if self._queue_stale:
             self._queue_stale = False   # first: a change while reading marks it stale again
             self._queue = self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc", limit=500)
-        if not self._queue:
+        ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
+        if not ready or not self._queue:
             return 0
+        ends = {c.name: self.fleet.facts(c.name).expires_at for c in ready}
+        now = time.time()
         allowed = self.allowance()
         if allowed.held:
             return 0

@@ -140,7 +140,7 @@ class Service:
         it frees; unreachable hosts with the reason; CPU slots. Call it first to see what can run now."""
         fleet = self.scheduler.host_configs()
         hosts = fleet if host is None else [h for h in fleet if h.name == host]
-        if not hosts:
+        if host is not None and not hosts:
             raise ArcError(f"no host '{host}' in hosts.yaml; hosts are: " + ", ".join(h.name for h in fleet))
         answers = self.scheduler.inventories([h.name for h in hosts], FIRST_CONNECT_WAIT_S)
         running = {j["job_id"]: j for j in self.history.jobs(status=list(ACTIVE_STATUSES), limit=None)}
