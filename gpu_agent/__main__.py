@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     if args.command == "serve":
-        from .serve import serve
-        serve(workdir)
+        from .serve import relay, serve
+        (relay if args.via_socket else serve)(workdir)
+        return 0
+    if args.command == "hold":
+        from .serve import hold
+        hold(workdir)
         return 0
     from .ops import Agent
     agent = Agent(workdir)
@@ -45,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpu_agent", description="arc's host agent")
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="agent state directory (default ~/.arc)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="JSON lines on stdin/stdout, for the controller")
+    p = sub.add_parser("serve", help="JSON lines on stdin/stdout, for the controller")
+    p.add_argument("--via-socket", action="store_true",
+                   help="relay them to the `hold` agent of this workdir (inside a Slurm allocation)")
+    sub.add_parser("hold", help="serve channels on <workdir>/agent.sock, for as long as the process lives "
+                                "(a Slurm allocation's batch step)")
     sub.add_parser("hello", help="agent and host facts")
     sub.add_parser("inventory", help="GPUs and CPU slots with their claims")
     sub.add_parser("claims", help="claims, with stale ones flagged")

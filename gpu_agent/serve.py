@@ -1,7 +1,14 @@
 """`python -m gpu_agent serve`: JSON requests a line on stdin, responses and events a line on stdout.
 
 One thread, one select() loop, on purpose: launching forks the supervisor from this process, which is only safe
-without other threads. Every line goes out through `_send`, whole. Events:
+without other threads. Every line goes out through `_send`, whole. Two ways to be reached:
+- on stdin/stdout (`serve`): the process lives as long as its channel (an SSH exec);
+- on a unix socket in the workdir (`hold`, inside a Slurm allocation's batch step): Slurm kills every process of a
+  step when the step ends, detached ones included, so the supervisors, jobs and warm interpreters this process forks
+  must belong to the long-lived batch step, not to the `srun --overlap` step that carries the channel. That step
+  runs `serve --via-socket` (`relay` below), which only copies lines between its stdio and this socket. A new
+  channel replaces the current one: an old one whose srun has not noticed its dead link yet must not hold the agent.
+Events:
 - job_started / job_ended for jobs launched here, from the supervisor's pipe, within milliseconds (the pipe
   closing without an "ended" message means the supervisor died: job_ended with the job `lost`);
 - job_ended for every other job on the host (running when serve started, or launched since by another process),
@@ -13,6 +20,7 @@ import json
 import logging
 import os
 import select
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +36,9 @@ from .protocol import MAX_REQUEST_BYTES, TERMINAL_STATUSES
 POLL_S = 0.25
 EXIT_WAIT_S = 1.0
 LOG_FILE = "agent.log"
+SOCKET_FILE = "agent.sock"
+HOLD_ROOT_FILE = "hold-root"        # where the relay found the agent package: the holder starts `hold` from there
+RELAY_CONNECT_S = 120.0             # the holder waits for the agent code, then starts: allow for both
 log = logging.getLogger("gpu_agent.serve")
 
 
@@ -41,9 +52,12 @@ class _Supervised:
 
 
 class Server:
-    def __init__(self, workdir: Path, in_fd: int = 0, out_fd: int = 1) -> None:
+    def __init__(self, workdir: Path, in_fd: int | None = 0, out_fd: int | None = 1,
+                 listener: socket.socket | None = None) -> None:
         self.agent = Agent(workdir, on_launch=self._on_launch)
         self.in_fd, self.out_fd = in_fd, out_fd
+        self.listener = listener                # hold mode: channels come and go on this socket
+        self.channel: socket.socket | None = None
         self.inbuf = bytearray()
         self.discarding = False                 # inside an oversized request line: skip to its end
         self.watches: dict[int, _Supervised] = {}   # by pipe fd
@@ -63,20 +77,48 @@ class Server:
                 self._poll_others()
                 next_poll = now + POLL_S
             self.agent.launcher.prepare()
-            ready, _, _ = select.select([self.in_fd, *self.watches], [], [], max(0.0, next_poll - now))
+            inputs = [fd for fd in (self.in_fd,) if fd is not None]
+            if self.listener is not None:
+                inputs.append(self.listener.fileno())
+            ready, _, _ = select.select([*inputs, *self.watches], [], [], max(0.0, next_poll - now))
             for fd in ready:
-                if fd == self.in_fd:
+                if self.listener is not None and fd == self.listener.fileno():
+                    self._take_channel()
+                elif fd == self.in_fd:
                     if not self._read_requests():
-                        log.info("stdin closed: exiting; supervisors keep running")
-                        return
+                        if self.listener is None:
+                            log.info("stdin closed: exiting; supervisors keep running")
+                            return
+                        log.info("channel closed: waiting for the next one")
+                        self._drop_channel()
                 elif fd in self.watches:
                     self._read_watch(fd)
         log.info("shutdown requested: exiting; supervisors keep running")
 
+    def _take_channel(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.channel is not None:
+            log.info("a new channel replaces the current one")
+            self._drop_channel()
+        self.channel = conn
+        self.in_fd = self.out_fd = conn.fileno()
+        self.inbuf.clear()
+        self.discarding = False
+
+    def _drop_channel(self) -> None:
+        """Events meanwhile are not kept: the controller reconciles its jobs when it reconnects."""
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = None
+        self.in_fd = self.out_fd = None
+
     # ---- requests -----------------------------------------------------------------------------------------
 
     def _read_requests(self) -> bool:
-        data = os.read(self.in_fd, 1 << 16)
+        try:
+            data = os.read(self.in_fd, 1 << 16)
+        except ConnectionResetError:
+            data = b""
         if not data:
             return False
         *lines, rest = data.split(b"\n")
@@ -121,11 +163,16 @@ class Server:
         self.fresh.clear()
 
     def _send(self, message: dict[str, Any]) -> None:
+        if self.out_fd is None:
+            return
         line = memoryview((json.dumps(message, separators=(",", ":")) + "\n").encode())
         try:
             while line:
                 line = line[os.write(self.out_fd, line):]
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
+            if self.listener is not None:
+                self._drop_channel()
+                return
             log.info("stdout closed: exiting")
             self.agent.stopping = True
 
@@ -225,12 +272,64 @@ def _await_exit(pid: int) -> None:
         pass        # reaped already by the loop's periodic reaping
 
 
-def serve(workdir: Path) -> None:
-    """Run the loop with stdout reserved for protocol lines: logs, warnings and stray prints go to agent.log."""
+def _log_to_file(workdir: Path, mode: str) -> None:
+    """stdout is reserved for protocol lines: logs, warnings and stray prints go to agent.log."""
     log_fd = os.open(workdir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log_fd, 2)
     os.close(log_fd)
     sys.stdout = sys.stderr
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s serve[%(process)d] %(levelname)s %(message)s")
+                        format=f"%(asctime)s {mode}[%(process)d] %(levelname)s %(message)s")
+
+
+def serve(workdir: Path) -> None:
+    _log_to_file(workdir, "serve")
     Server(workdir).run()
+
+
+def hold(workdir: Path) -> None:
+    """The long-lived agent of a Slurm allocation: serves channels that `relay` opens on the workdir's socket."""
+    _log_to_file(workdir, "hold")
+    path = workdir / SOCKET_FILE
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    try:
+        Server(workdir, None, None, listener).run()
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def relay(workdir: Path) -> None:
+    """`serve --via-socket`: carry JSON lines between stdio and the holder's agent. Tells the holder where the agent
+    package is (the current directory) so that it can start, then waits for its socket."""
+    _log_to_file(workdir, "relay")
+    root = workdir / HOLD_ROOT_FILE
+    if not root.exists():
+        tmp = root.with_name(root.name + f".{os.getpid()}")
+        tmp.write_text(os.getcwd() + "\n")
+        os.replace(tmp, root)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + RELAY_CONNECT_S
+    while True:
+        try:
+            sock.connect(str(workdir / SOCKET_FILE))
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                log.error("no holder agent on %s after %gs", workdir / SOCKET_FILE, RELAY_CONNECT_S)
+                raise SystemExit(1)
+            time.sleep(0.05)
+    log.info("relaying to %s", workdir / SOCKET_FILE)
+    ends = {0: sock.fileno(), sock.fileno(): 1}
+    while True:
+        ready, _, _ = select.select(list(ends), [], [])
+        for fd in ready:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return      # either side closed: the channel is over (the holder's agent keeps running)
+            out = memoryview(data)
+            while out:
+                out = out[os.write(ends[fd], out):]

@@ -7,5 +7,5 @@ _REPO = str(Path(__file__).resolve().parent.parent)
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from tests.harness.fixtures import local_hosts_yaml, netns_factory, netns_hosts  # noqa: E402,F401
+from tests.harness.fixtures import local_hosts_yaml, netns_factory, netns_hosts, slurm  # noqa: E402,F401
 from tests.daemon_support import arcs  # noqa: E402,F401

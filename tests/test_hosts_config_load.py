@@ -144,7 +144,7 @@ hosts:
     ("hosts: []\n", ["hosts.yaml:1: field 'hosts': missing or empty; fix: hosts: [{name: local, transport: local}]"]),
     ("host:\n  - {name: a, transport: local}\n",
      ["hosts.yaml:1: field 'host': unknown top-level key; fix: remove it (did you mean 'hosts'?) (allowed: hosts, "
-      "defaults, ssh_config)",
+      "clusters, defaults, ssh_config)",
       "hosts.yaml: field 'hosts': missing or empty; fix: hosts: [{name: local, transport: local}]"]),
     ("hosts:\n  - {name: 'bad name!', transport: local}\n",
      ["hosts.yaml:2: host 'bad name!' field 'name': must be 1-64 letters, digits, '.', '_' or '-', starting with "

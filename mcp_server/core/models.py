@@ -123,6 +123,7 @@ class HostView(BaseModel):
     free: int = 0
     next_frees_in_s: float | None = Field(None, description="the soonest one of its busy GPUs frees, at most")
     gpus: list[GpuView] | None = Field(None, description="per GPU: with detail=true, or when the answer is small")
+    waiting: str | None = None      # capacity asked for, not there yet (a pending Slurm allocation): why
     cpu_slots: int = 0
     cpu_slots_used: int = 0
     labels: list[str] | None = None

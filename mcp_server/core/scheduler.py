@@ -28,7 +28,7 @@ from typing import Any, Callable
 from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 
 from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout
-from ..fleet.sources import Demand, HostSource
+from ..fleet.sources import Demand, HostFacts, HostSource
 from ..fleet.hosts_config import HostConfig, HostsFile
 from ..history import History
 from ..research.guard import Allowance
@@ -242,7 +242,14 @@ class Scheduler:
         unknown = self.unknown_hosts()
         if unknown and (req.host is None or req.host in unknown):
             return None
+        wanted = req.model_dump(exclude_defaults=True)
+        if any(source.could_make(wanted) for source in self.fleet.sources):
+            return None     # a cluster makes a host that fits when the job is queued
         return why_impossible(req, self.capacity())
+
+    def pending(self) -> dict[str, HostFacts]:
+        """Capacity the sources have asked for and not got yet, with why it waits: {name: facts}."""
+        return {name: facts for source in self.fleet.sources for name, facts in source.pending().items()}
 
     def fleet_has_gpus(self) -> bool:
         return any(c.gpus for c in self.capacity()) or any(
@@ -420,16 +427,15 @@ class Scheduler:
 
     def dispatch_once(self) -> int:
         """Place and launch every queued job that fits now (within the research allowance); returns how many."""
-        ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
-        if not ready:
-            return 0
-        ends = {c.name: self.fleet.facts(c.name).expires_at for c in ready}
-        now = time.time()
+        # The queue is read even with no host ready: a source that makes hosts (a Slurm cluster) reacts to it.
         if self._queue_stale:
             self._queue_stale = False   # first: a change while reading marks it stale again
             self._queue = self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc", limit=500)
-        if not self._queue:
+        ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
+        if not ready or not self._queue:
             return 0
+        ends = {c.name: self.fleet.facts(c.name).expires_at for c in ready}
+        now = time.time()
         allowed = self.allowance()
         if allowed.held:
             return 0

@@ -87,8 +87,8 @@ class Service:
     """The daemon's instance owns the history and the fleet. A `read_only` instance (the CLI when no daemon runs)
     reads the history file directly and can answer only the operations that need no host."""
 
-    def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | None, settings: SchedulerSettings | None = None,
-                 read_only: bool = False, research: ResearchConfig | None = None,
+    def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | list[HostSource] | None,
+                 settings: SchedulerSettings | None = None, read_only: bool = False, research: ResearchConfig | None = None,
                  research_file: Path | None = None, hosts_file: Path | None = None):
         self.paths = paths.ensure()
         self.read_only = read_only
@@ -104,8 +104,9 @@ class Service:
         self.snapshots: SnapshotWriter | None = None
         self.guard: Guardrails | None = None
         if not read_only:
-            source = hosts if isinstance(hosts, HostSource) else StaticHosts(hosts)
-            prices = {h.name: h.cost_per_gpu_hour for h in source.hosts() if h.cost_per_gpu_hour is not None}
+            source = hosts if isinstance(hosts, (HostSource, list)) else StaticHosts(hosts)
+            sources = source if isinstance(source, list) else [source]
+            prices = {h.name: h.cost_per_gpu_hour for s in sources for h in s.hosts() if h.cost_per_gpu_hour is not None}
             self.guard = Guardrails(self.research, self.history, prices)
             self.scheduler = Scheduler(self.history, source, self.code, paths.data_dir, settings,
                                        allowance=self.guard.allowance, job_argv=workloads.job_argv,
@@ -179,13 +180,17 @@ class Service:
         answers = self.scheduler.inventories([h.name for h in hosts], FIRST_CONNECT_WAIT_S)
         running = {j["job_id"]: j for j in self.history.jobs(status=list(ACTIVE_STATUSES), limit=None)}
         views = [self._host_view(h, answers.get(h.name), gpu_class, running) for h in hosts]
+        if host is None:     # capacity on its way (a pending Slurm allocation): why it waits, for people
+            views += [HostView(name=name, reachable=False, waiting=facts.waiting)
+                      for name, facts in self.scheduler.pending().items()]
         if gpu_class is not None:
             if not any(v.gpus for v in views) and all(v.reachable for v in views):
                 raise ArcError(f"no GPU of class '{gpu_class}' on " + (host or "the fleet")
                                + "; list_gpus() without gpu_class shows the classes there are")
             views = [v for v in views if v.gpus or not v.reachable]
         counts = _class_counts(views)
-        down = [v.name for v in views if not v.reachable]
+        down = [v.name for v in views if not v.reachable and not v.waiting]
+        waiting = [v.name for v in views if v.waiting]
         n_gpus = sum(c.gpus for c in counts)
         n_free = sum(c.free for c in counts)
         cpu_free = sum(v.cpu_slots - v.cpu_slots_used for v in views if v.reachable)
@@ -203,6 +208,8 @@ class Service:
         if down:
             summary += f"; unreachable: {', '.join(down[:10])}" + (f" and {len(down) - 10} more" if len(down) > 10
                                                                     else "")
+        if waiting:
+            summary += f"; waiting for {', '.join(waiting[:10])}"
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
         if offset or offset + len(page) < len(shown):

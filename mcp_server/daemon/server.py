@@ -35,6 +35,8 @@ from ..core.paths import StatePaths, default_research_file
 from ..core.scheduler import SchedulerSettings
 from ..core.service import Service
 from ..fleet.hosts_config import load_hosts
+from ..fleet.slurm import SlurmCluster, owner_id
+from ..fleet.sources import StaticHosts
 from ..research import load_research
 from .state import acquire_lock, ensure_token, read_info, socket_path
 
@@ -177,7 +179,8 @@ def serve(state_dir: str | None, hosts_path: Path, research_path: Path | None = 
     sock_path = socket_path(paths)
     unix = _bind_unix(sock_path)
     tcp = _bind_tcp(port if port is not None else int(previous.get("port") or 0))
-    service = Service(paths, hosts, settings, research=research, research_file=Path(research_path).resolve(),
+    sources = [StaticHosts(hosts), *(SlurmCluster(c, owner_id(paths.root)) for c in hosts.clusters)]
+    service = Service(paths, sources, settings, research=research, research_file=Path(research_path).resolve(),
                       hosts_file=Path(hosts_path).resolve())
     app = build_app(service, token)
     info = {"pid": os.getpid(), "socket": str(sock_path), "port": tcp.getsockname()[1], "version": __version__,

@@ -39,7 +39,7 @@ DEFAULT_WORKDIR = "~/.arc"
 DEFAULT_REMOTE_PYTHON = "python3"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODULE_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
-TOP_LEVEL_KEYS = ("hosts", "defaults", "ssh_config")
+TOP_LEVEL_KEYS = ("hosts", "clusters", "defaults", "ssh_config")
 SSH_ONLY_FIELDS = ("address", "port", "user", "identity_file", "proxy_jump", "known_hosts", "host_key_policy")
 
 # What each field must be, and a line that would fix it. Every validation message is built from these.
@@ -68,6 +68,24 @@ FIELD_RULES: dict[str, tuple[str, str]] = {
     "hosts": ("must be a list of host entries", "hosts: [{name: local, transport: local}]"),
     "defaults": ("must be a mapping of host fields", "defaults: {user: ubuntu}"),
     "ssh_config": ("must be an ssh config file path", "ssh_config: ~/.ssh/config"),
+    "clusters": ("must be a list of cluster entries", "clusters: [{name: uni, kind: slurm, login: {transport: local}, "
+                                                      "gpu_type: h100, gpus_per_node: 4, gpu_model: H100}]"),
+    "kind": ("must be 'slurm'", "kind: slurm"),
+    "login": ("must be a mapping: {transport: local} or the SSH fields of a host",
+              "login: {address: login.cluster.edu, user: me}"),
+    "partition": ("must be a Slurm partition name", "partition: gpu"),
+    "account": ("must be a Slurm account name", "account: my-lab"),
+    "qos": ("must be a Slurm QOS name", "qos: normal"),
+    "constraint": ("must be a Slurm node feature expression", "constraint: h100"),
+    "sbatch_args": ("must be a list of extra sbatch flags", "sbatch_args: ['--mem=64G']"),
+    "gpu_type": ("must be the GRES type of the GPUs (as in --gres=gpu:TYPE:N)", "gpu_type: h100"),
+    "gpus_per_node": ("must be an integer >= 1", "gpus_per_node: 4"),
+    "gpu_model": ("must be the GPU model name (its class comes from it)", "gpu_model: H100"),
+    "max_nodes": ("must be an integer >= 1 (allocations arc may hold at once)", "max_nodes: 2"),
+    "walltime": ("must be seconds, or Slurm's [D-]HH:MM:SS", "walltime: '04:00:00'"),
+    "idle_release_s": ("must be a number >= 0 (seconds an allocation may sit idle before it is released)",
+                       "idle_release_s: 300"),
+    "shared_workdir": ("must be true or false", "shared_workdir: true"),
 }
 
 
@@ -123,7 +141,83 @@ class HostEntry(HostFields):
     name: str = Field(pattern=NAME_PATTERN)
 
 
-KNOWN_FIELDS = frozenset(HostEntry.model_fields) | frozenset(SimulatedGpu.model_fields)
+class ClusterEntry(BaseModel):
+    """A `clusters:` entry as written (the login is checked as a host entry)."""
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["slurm"]
+    login: dict[str, Any]
+    partition: str | None = Field(default=None, min_length=1)
+    account: str | None = Field(default=None, min_length=1)
+    qos: str | None = Field(default=None, min_length=1)
+    constraint: str | None = Field(default=None, min_length=1)
+    sbatch_args: list[str] = []
+    gpu_type: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    gpus_per_node: int = Field(ge=1, strict=True)
+    gpu_model: str = Field(min_length=1)
+    max_nodes: int = Field(default=1, ge=1, strict=True)
+    walltime: int | str = 4 * 3600
+    idle_release_s: float = Field(default=300.0, ge=0)
+    python: str = Field(default=DEFAULT_REMOTE_PYTHON, min_length=1)
+    workdir: str = Field(default=DEFAULT_WORKDIR, min_length=1)
+    shared_workdir: bool = False
+    # Test-only, like a host's: the allocation's agent declares gpus_per_node simulated GPUs of gpu_model.
+    simulate_gpus: bool = False
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: Any) -> Any:
+        seconds = walltime_seconds(v)
+        if seconds is None or seconds <= 0:
+            raise ValueError("not a walltime")
+        return seconds
+
+
+class ClusterConfig(BaseModel):
+    """A Slurm cluster whose allocations become hosts (fleet/slurm.py)."""
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    login: HostConfig                   # where sbatch/squeue/srun run
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    gpu_type: str
+    gpus_per_node: int
+    gpu_model: str
+    max_nodes: int = 1
+    walltime_s: int = 4 * 3600
+    idle_release_s: float = 300.0
+    python: str = DEFAULT_REMOTE_PYTHON
+    workdir: str = DEFAULT_WORKDIR
+    shared_workdir: bool = False
+    simulate_gpus: bool = False
+
+
+def walltime_seconds(v: Any) -> int | None:
+    """Seconds from an int, or from Slurm's `[D-]HH:MM:SS` / `MM:SS` / `MM`; None when it is neither."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(v).strip())
+    if not m:
+        return None
+    days, a, b, c = (int(x) if x else None for x in m.groups())
+    if c is not None:
+        h, mi, sec = a, b, c
+    elif b is not None:
+        h, mi, sec = (a, b, 0) if days is not None else (0, a, b)
+    else:
+        h, mi, sec = (a, 0, 0) if days is not None else (0, a, 0)
+    return (days or 0) * 86400 + h * 3600 + mi * 60 + sec
+
+
+KNOWN_FIELDS = frozenset(HostEntry.model_fields) | frozenset(SimulatedGpu.model_fields) | \
+    frozenset(ClusterEntry.model_fields)
 
 
 class HostConfig(BaseModel):
@@ -176,6 +270,7 @@ class HostsFile(BaseModel):
     path: Path
     hosts: tuple[HostConfig, ...]
     ssh_config_path: Path | None = None
+    clusters: tuple[ClusterConfig, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -232,7 +327,8 @@ class _Loader:
         """Record one problem; `host` is a host name, or "defaults" for the defaults block."""
         line = line or _line_of(self.node, loc)
         where = f"{self.label}:{line}" if line else self.label
-        who = ("" if not host else " defaults" if host == "defaults" else f" host {host!r}") + \
+        kind = "cluster" if loc and loc[0] == "clusters" else "host"
+        who = ("" if not host else " defaults" if host == "defaults" else f" {kind} {host!r}") + \
             (f" field {field!r}" if field else "")
         self.found.setdefault(f"{where}:{who}: {what}; fix: {fix}", line or sys.maxsize)
 
@@ -250,8 +346,8 @@ class _Loader:
                              f"remove it{_did_you_mean(key, list(TOP_LEVEL_KEYS))} (allowed: {allowed})")
         ssh_config = self._ssh_config(data.get("ssh_config"))
         defaults = self._defaults(data.get("defaults"))
-        entries = data.get("hosts")
-        if not isinstance(entries, list) or not entries:
+        entries = data.get("hosts", [] if data.get("clusters") else None)
+        if not isinstance(entries, list) or not (entries or data.get("clusters")):
             self.problem(("hosts",), None, "hosts", "missing or empty" if not entries else FIELD_RULES["hosts"][0],
                          "hosts: [{name: local, transport: local}]")
             raise HostsConfigError(self.problems)
@@ -265,7 +361,9 @@ class _Loader:
             elif isinstance(name, str):
                 seen[name] = i
         hosts = [h for i, raw in enumerate(entries) if (h := self._host(i, raw, defaults, ssh_config))]
-        result = HostsFile(path=self.path, hosts=tuple(hosts), ssh_config_path=ssh_config.path)
+        clusters = self._clusters(data.get("clusters"), defaults, ssh_config, set(seen))
+        result = HostsFile(path=self.path, hosts=tuple(hosts), ssh_config_path=ssh_config.path,
+                           clusters=tuple(clusters))
         for host in hosts:
             if host.transport == "ssh":
                 try:
@@ -276,6 +374,50 @@ class _Loader:
         if self.problems:
             raise HostsConfigError(self.problems)
         return result
+
+    def _clusters(self, raw: Any, defaults: dict[str, Any], ssh_config: "_SshConfig",
+                  host_names: set[str]) -> list[ClusterConfig]:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem(("clusters",), None, "clusters", f"{FIELD_RULES['clusters'][0]} (got {raw!r})",
+                         FIELD_RULES["clusters"][1])
+            return []
+        out: list[ClusterConfig] = []
+        for i, entry in enumerate(raw):
+            loc = ("clusters", i)
+            name = entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) \
+                else f"#{i + 1}"
+            if not isinstance(entry, dict):
+                self.problem(loc, name, None, f"a cluster entry must be a mapping (got {entry!r})",
+                             FIELD_RULES["clusters"][1])
+                continue
+            if name in host_names:
+                self.problem(loc + ("name",), name, "name", "a host or cluster has this name already",
+                             f"rename it, e.g. name: {name}-2")
+            host_names.add(name)
+            try:
+                cluster = ClusterEntry.model_validate(entry)
+            except ValidationError as e:
+                for err in e.errors():
+                    self._report(err, loc, name, entry)
+                continue
+            bad = [k for k in cluster.login if k not in ("transport", *SSH_ONLY_FIELDS)]
+            for k in bad:
+                self.problem(loc + ("login", k), name, f"login.{k}", "not a login field",
+                             f"remove it (login fields: transport, {', '.join(SSH_ONLY_FIELDS)})")
+            login = None if bad else self._host(i, {**cluster.login, "name": f"{cluster.name}-login"},
+                                                defaults, ssh_config)
+            if login is None:
+                continue
+            out.append(ClusterConfig(
+                name=cluster.name, login=login, partition=cluster.partition, account=cluster.account,
+                qos=cluster.qos, constraint=cluster.constraint, sbatch_args=tuple(cluster.sbatch_args),
+                gpu_type=cluster.gpu_type, gpus_per_node=cluster.gpus_per_node, gpu_model=cluster.gpu_model,
+                max_nodes=cluster.max_nodes, walltime_s=int(cluster.walltime), idle_release_s=cluster.idle_release_s,
+                python=cluster.python, workdir=cluster.workdir, shared_workdir=cluster.shared_workdir,
+                simulate_gpus=cluster.simulate_gpus))
+        return out
 
     def _ssh_config(self, raw: Any) -> "_SshConfig":
         chosen = self.override_ssh_config if self.override_ssh_config is not None else raw

@@ -71,7 +71,7 @@ def prepare_agent(transport: Transport, agent_dir: Path = AGENT_DIR, timeout: fl
 def agent_command(transport: Transport, agent_root: str) -> str:
     w = shell_path(transport.host.workdir)
     return f"cd {shlex.quote(agent_root)} && exec {shlex.quote(transport.host.python)} -u -m {AGENT_PACKAGE} " \
-           f"--workdir {w} serve"
+           f"--workdir {w} {transport.agent_mode}"
 
 
 class _Slot:

@@ -50,6 +50,15 @@ class HostSource(ABC):
     def facts(self, name: str) -> HostFacts:
         return HostFacts()
 
+    def could_make(self, requirements: dict) -> bool:
+        """True when this source would make a host for a job with these requirements (static hosts: never)."""
+        return False
+
+    def pending(self) -> dict[str, HostFacts]:
+        """Capacity asked for and not there yet (a pending allocation, an unreachable cluster), with `waiting`
+        saying why, for people: {name: facts}."""
+        return {}
+
     def close(self) -> None:
         """Release what the source holds (static hosts: nothing)."""
 

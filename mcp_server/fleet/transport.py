@@ -58,6 +58,9 @@ class Transport(ABC):
 
     name: str
     host: HostConfig
+    # How the agent serves this host's channel: `serve` lives as long as the channel; a Slurm allocation's channel
+    # relays to the agent its batch step holds (gpu_agent/serve.py).
+    agent_mode = "serve"
 
     @abstractmethod
     def connect(self, timeout: float) -> None:

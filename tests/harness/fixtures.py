@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -41,3 +42,19 @@ def local_hosts_yaml(tmp_path: Path) -> Path:
     """A hosts file with one `local` host (this machine, two simulated GPUs) and its own workdir."""
     return write_hosts_yaml(tmp_path / "hosts.yaml",
                             [local_host_entry(tmp_path / "work", simulate_gpus=DEFAULT_SIMULATED_GPUS, cpu_slots=2)])
+
+
+@pytest.fixture(scope="session")
+def slurm(netns_factory: Callable[..., NetnsFleet], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Slurm: 2 nodes (network namespaces), 2 fake H100s each; SLURM_CONF set for this process and its
+    children (a `local` login). Torn down at session end: no job and no daemon left."""
+    from tests.harness.slurm import SlurmHarness
+    harness = SlurmHarness.create(tmp_path_factory.mktemp("slurm"), netns_factory(2))
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(harness.conf)
+    yield harness
+    harness.teardown()
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous

@@ -61,6 +61,9 @@ def render_gpus(console, data: dict) -> None:
                              for c in data.get("classes") or []]))
     rows = []
     for h in data["hosts"]:
+        if h.get("waiting"):
+            rows.append([h["name"], "-", "waiting", "", "", "", h["waiting"]])
+            continue
         if not h["reachable"]:
             rows.append([h["name"], "-", "unreachable", "", "", "", h.get("error", "")])
             continue
