@@ -455,9 +455,10 @@ def matrix(tmp_path_factory, request):
     yield m
     arc.stop()
     t = m.tally
-    request.config.pluginmanager.get_plugin("terminalreporter").write_line(
-        f"\nbad-input matrix: {t['cases']} cases, {t['clear']} clear errors, {t['ran literally']} legal inputs run "
-        f"as given, {t['unclear']} unclear answers, {t['crashes']} crashes")
+    # Teardown output is captured like a test's: the totals are for the person reading the run.
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nbad-input matrix: {t['cases']} cases, {t['clear']} clear errors, {t['ran literally']} legal inputs run "
+              f"as given, {t['unclear']} unclear answers, {t['crashes']} crashes")
 
 
 def judge(case: Case, answer: Answer) -> tuple[str, str]:
