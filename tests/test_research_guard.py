@@ -69,6 +69,41 @@ def test_search_space_refusals_name_rule_and_limit():
     assert "matrix_lr=True is not a finite number" in refusal(cfg, [trainer({"matrix_lr": True})])
 
 
+EDGE_SPACE = {
+    "lr": {"type": "float", "min": 0.001, "max": 0.1},
+    "log_lr": {"type": "float", "min": 1e-4, "max": 1e-2, "log": True},
+    "depth": {"type": "int", "min": 4, "max": 12},
+    "pattern": {"type": "choice", "values": ["SSSL", "SL", 3]},
+}
+
+
+@pytest.mark.parametrize("name, inside, outside", [
+    ("lr", 0.1, 0.1 * (1 + 1e-9)), ("lr", 0.001, 0.001 * (1 - 1e-9)),
+    ("log_lr", 1e-2, 1e-2 * (1 + 1e-9)), ("log_lr", 1e-4, 1e-4 * (1 - 1e-9)),
+    ("depth", 12, 13), ("depth", 4, 3),
+    ("pattern", "SL", "SLL"), ("pattern", 3, 3.5), ("pattern", "SL", "sl"),
+], ids=["float-max", "float-min", "log-max", "log-min", "int-max", "int-min", "choice-near-string",
+        "choice-near-number", "choice-case"])
+def test_each_kind_of_bound_holds_at_its_edge(name, inside, outside):
+    """The bound itself is allowed and the nearest value past it is refused: a check loosened anywhere (max * 1.5,
+    >= for >) fails here, where values far outside would still be refused."""
+    cfg = parse_research({"search_space": EDGE_SPACE})
+    check_submission(cfg, [trainer({name: inside})], Usage())
+    assert f"job 0: {name}=" in refusal(cfg, [trainer({name: outside})])
+
+
+@pytest.mark.parametrize("rule, inside, outside", [
+    ({"param": "depth", "max": 12}, {"depth": 12}, {"depth": 12.000001}),
+    ({"param": "depth", "min": 4}, {"depth": 4}, {"depth": 3.999999}),
+    ({"product": ["a", "b"], "max": 65536}, {"a": 32, "b": 2048}, {"a": 32, "b": 2049}),
+    ({"product": ["a", "b"], "min": 1024}, {"a": 32, "b": 32}, {"a": 31, "b": 33}),
+], ids=["param-max", "param-min", "product-max", "product-min"])
+def test_each_constraint_holds_at_its_edge(rule, inside, outside):
+    cfg = parse_research({"baseline": {"a": 1, "b": 1}, "constraints": [rule]})
+    check_submission(cfg, [trainer(inside)], Usage())
+    assert "(research.yaml constraints[0])" in refusal(cfg, [trainer(outside)])
+
+
 def test_undeclared_params_refused_when_configured():
     cfg = parse_research({"search_space": SPACE, "undeclared_params": "refuse"})
     assert "job 0: compile=False: compile is not in the search space and research.yaml undeclared_params is " \

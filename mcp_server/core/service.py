@@ -49,6 +49,8 @@ log = logging.getLogger("arc.service")
 MAX_ROWS = 500
 MAX_LOG_LINES = 2000
 MAX_BATCH = 200
+# A query past this is not a question about the history; DuckDB would spend the whole time limit parsing it.
+MAX_SQL_CHARS = 100_000
 MAX_LOG_BYTES = 64_000       # the stretch of log a grep searches
 # What a log may take of one answer: the rest of the tools' bound (tools.MAX_ANSWER_CHARS) is the header and fence.
 # In bytes, which are never fewer than the characters they decode to.
@@ -307,6 +309,10 @@ class Service:
         rows, problems = [], []
         for n, spec in enumerate(jobs):
             try:
+                if spec.hypothesis_id is not None and self.history.get_hypothesis(spec.hypothesis_id) is None:
+                    # Checked here, with the other problems: the insert would refuse it as an unexpected error.
+                    raise ArcError(f"hypothesis_id: unknown hypothesis {spec.hypothesis_id!r}; list_hypotheses "
+                                   "shows the ids, append_hypothesis makes a new one")
                 req = self._resolve_requirements(spec)
                 reason = self.scheduler.why_impossible(req)
                 if reason:
@@ -515,7 +521,7 @@ class Service:
     # ---- SQL ---------------------------------------------------------------------------------------------
 
     @operation(cli="sql", effect="read", offline=True)
-    def query_results(self, sql: Annotated[str, Cli(positional=True)],
+    def query_results(self, sql: Annotated[str, Field(max_length=MAX_SQL_CHARS), Cli(positional=True)],
                       limit: Annotated[int, Field(ge=1, le=MAX_ROWS)] = 50) -> SqlResult:
         """Read-only SQL on the history (DuckDB): exactly one SELECT, at most `limit` rows (default 50), 10 s.
         Tables: jobs, metrics, events, hypotheses, hosts, gpus; view runs (jobs with val_bpb etc. as columns).

@@ -23,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from starlette.requests import Request
@@ -70,8 +71,32 @@ def _bind_tcp(port: int) -> socket.socket:
     return sock
 
 
+# The MCP SDK's own cap on /mcp bodies, for every path: no operation needs more inline (code and data go by path).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _foreign(headers: dict[bytes, bytes]) -> str | None:
+    """Why a request comes from somewhere other than this machine's own clients, or None. A web page the user
+    visits can aim a request at a loopback port (DNS rebinding); its Origin, or a Host naming another site, gives
+    it away. The MCP specification asks local servers to refuse both, on every path, not only /mcp."""
+    for name in (b"origin", b"host"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        text = value.decode("latin-1")
+        try:
+            host = urlsplit(text if name == b"origin" else "//" + text).hostname
+        except ValueError:
+            host = None
+        if host not in LOOPBACK or (name == b"origin" and not text.startswith(("http://", "https://"))):
+            return f"foreign {name.decode().title()} header {text[:100]!r}"
+    return None
+
+
 class TokenGate:
-    """ASGI wrapper: every HTTP request needs the bearer token; refusals are logged, never silent."""
+    """ASGI wrapper: every HTTP request needs the bearer token, comes from this machine (Origin and Host), and
+    carries a bounded body; refusals are logged, never silent."""
 
     def __init__(self, app, token: str):
         self.app = app
@@ -80,8 +105,29 @@ class TokenGate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+        headers = dict(scope.get("headers") or [])
+        foreign = _foreign(headers)
+        if foreign:
+            log.warning("refused %s %s from %s: %s", scope.get("method"), scope.get("path"),
+                        scope.get("client") or "unix socket", foreign)
+            response = JSONResponse({"error": f"forbidden: {foreign}; the daemon answers only clients on this "
+                                              "machine (http://127.0.0.1 or localhost), not web pages"},
+                                    status_code=403)
+            return await response(scope, receive, send)
+        auth = headers.get(b"authorization", b"")
         if hmac.compare_digest(auth, self.expected):
+            length = headers.get(b"content-length", b"0")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                log.warning("refused %s %s: a body of %s bytes", scope.get("method"), scope.get("path"),
+                            length.decode())
+                why = (f"request body too large: {int(length):,} bytes is over the daemon's "
+                       f"{MAX_BODY_BYTES // 2**20} MiB limit; pass big inputs by reference (a code folder, a "
+                       "dataset) instead of inline")
+                # An MCP client shows a JSON-RPC error's message; any other body it reads as a bare failure.
+                body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}} \
+                    if scope.get("path") == "/mcp" else {"error": why}
+                response = JSONResponse(body, status_code=413)
+                return await response(scope, receive, send)
             return await self.app(scope, receive, send)
         log.warning("refused %s %s from %s: %s bearer token", scope.get("method"), scope.get("path"),
                     scope.get("client") or "unix socket", "wrong" if auth else "no")

@@ -98,7 +98,9 @@ class ArcMCP(MCPServer):
         except ToolError as e:
             if isinstance(e.__cause__, ValidationError):
                 raise ToolError(f"invalid arguments for {name}: {explain(e.__cause__)}") from e.__cause__
-            raise
+            # The SDK puts "Error executing tool <name>: " before every refusal, which reads as a crash; arc's
+            # refusal already says what was wrong and what to do.
+            raise ToolError(str(e).removeprefix(f"Error executing tool {name}: ")) from e.__cause__
         held = self.held()
         if held and isinstance(result, CallToolResult) and not result.is_error:
             return with_prefix(result, pause_prefix(held))
