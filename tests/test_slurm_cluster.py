@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mcp_server.core.errors import ArcError
 from mcp_server.core.paths import StatePaths
 from mcp_server.core.service import Service
 from mcp_server.fleet.hosts_config import load_hosts
@@ -85,3 +86,10 @@ def test_a_pending_allocation_shows_its_reason(slurm, arc):
         assert "waiting: uni-" in service.list_gpus().summary
     finally:
         slurm.run("scancel", *blockers)
+
+
+def test_a_job_longer_than_the_walltime_is_refused_at_submission(slurm, arc):
+    service, cluster = arc(walltime="00:10:00")
+    with pytest.raises(ArcError, match=r"time limit \(900 s\) is longer than what uni allocates"):
+        service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=900)])
+    assert service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=300)]).jobs

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 
 from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout
-from ..fleet.sources import Demand, HostFacts, HostSource
+from ..fleet.sources import Demand, HostFacts, HostSource, QueuedJob
 from ..fleet.hosts_config import HostConfig, HostsFile
 from ..history import History
 from ..research.guard import Allowance
@@ -180,7 +180,7 @@ class Scheduler:
     def _sync_hosts(self) -> None:
         """Hosts the sources made since the last tick get their runtime; hosts that went away (an allocation that
         ended) take their in-flight jobs with them: the infrastructure lost those."""
-        queued = [j.get("requirements") or {} for j in self._queue]
+        queued = [QueuedJob(j.get("requirements") or {}, float(j["time_limit_s"])) for j in self._queue]
         added, removed = self.fleet.refresh(Demand(queued=queued))
         for name in added:
             config = next(c for c in self.fleet.hosts() if c.name == name)
@@ -237,15 +237,20 @@ class Scheduler:
     def unknown_hosts(self) -> list[str]:
         return [name for name, rt in self.hosts.items() if rt.capacity is None]
 
-    def why_impossible(self, req: Requirements) -> str | None:
+    def why_impossible(self, req: Requirements, time_limit_s: float | None = None) -> str | None:
         """A reason to refuse a job at submission, or None. Hosts not yet inventoried might fit it: accept then."""
         unknown = self.unknown_hosts()
         if unknown and (req.host is None or req.host in unknown):
             return None
         wanted = req.model_dump(exclude_defaults=True)
-        if any(source.could_make(wanted) for source in self.fleet.sources):
+        if any(source.could_make(wanted, time_limit_s) for source in self.fleet.sources):
             return None     # a cluster makes a host that fits when the job is queued
-        return why_impossible(req, self.capacity())
+        reason = why_impossible(req, self.capacity())
+        short = [source.name for source in self.fleet.sources if source.could_make(wanted)]
+        if reason is not None and short:     # a cluster could, but its allocations end before the job's limit would
+            return (f"its time limit ({time_limit_s:.0f} s) is longer than what {', '.join(short)} allocates "
+                    "(walltime in hosts.yaml); lower time_limit_s, or raise that cluster's walltime")
+        return reason
 
     def pending(self) -> dict[str, HostFacts]:
         """Capacity the sources have asked for and not got yet, with why it waits: {name: facts}."""

@@ -211,7 +211,7 @@ class Service:
             summary += f"; unreachable: {', '.join(down[:10])}" + (f" and {len(down) - 10} more" if len(down) > 10
                                                                     else "")
         if waiting:
-            summary += f"; waiting for {', '.join(waiting[:10])}"
+            summary += f"; waiting: {', '.join(waiting[:10])}"
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
         if offset or offset + len(page) < len(shown):
@@ -314,7 +314,8 @@ class Service:
                     raise ArcError(f"hypothesis_id: unknown hypothesis {spec.hypothesis_id!r}; list_hypotheses "
                                    "shows the ids, append_hypothesis makes a new one")
                 req = self._resolve_requirements(spec)
-                reason = self.scheduler.why_impossible(req)
+                budget, limit = job_times(self.research, spec.kind, spec.time_budget_s, spec.time_limit_s)
+                reason = self.scheduler.why_impossible(req, limit)
                 if reason:
                     raise ArcError(f"can never run: {reason}")
                 code_hash = self._resolve_code(spec)
@@ -329,7 +330,6 @@ class Service:
                     self._check_trainer_config(spec)
                 if spec.preset:
                     config["preset"] = spec.preset
-                budget, limit = job_times(self.research, spec.kind, spec.time_budget_s, spec.time_limit_s)
                 rows.append({
                     "kind": spec.kind, "name": spec.name, "argv": spec.command or [], "env": spec.env,
                     "config": config if spec.kind == "trainer" else None, "seed": spec.seed,

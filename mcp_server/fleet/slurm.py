@@ -168,12 +168,14 @@ class SlurmCluster(HostSource):
                     a.running_since = old.running_since if old and old.running_since else now
                     a.idle_since = old.idle_since if old else None
             self._allocations = seen
-        wanted = sum(1 for req in demand.queued if self.could_make(req))
+        wanted = sum(1 for job in demand.queued if self.could_make(job.requirements, job.time_limit_s))
         if wanted:
             self._grow(now)
         self._release_idle(now, busy=bool(wanted))
 
-    def could_make(self, req: dict) -> bool:
+    def could_make(self, req: dict, time_limit_s: float | None = None) -> bool:
+        if time_limit_s is not None and time_limit_s > self.config.walltime_s:
+            return False    # an allocation would end before the job's time limit: it could never be placed there
         gpus = req.get("gpus", 1)
         if req.get("cpu_only") or not gpus or gpus > self.config.gpus_per_node:
             return False

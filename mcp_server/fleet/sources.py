@@ -25,9 +25,15 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class QueuedJob:
+    requirements: dict           # as submitted
+    time_limit_s: float          # a host made for it must live at least this long
+
+
+@dataclass(frozen=True)
 class Demand:
-    """The queue as a source that makes hosts sees it: the requirements of each queued job (dicts, as submitted)."""
-    queued: Sequence[dict]
+    """The queue as a source that makes hosts sees it."""
+    queued: Sequence[QueuedJob]
 
 
 class HostSource(ABC):
@@ -50,8 +56,9 @@ class HostSource(ABC):
     def facts(self, name: str) -> HostFacts:
         return HostFacts()
 
-    def could_make(self, requirements: dict) -> bool:
-        """True when this source would make a host for a job with these requirements (static hosts: never)."""
+    def could_make(self, requirements: dict, time_limit_s: float | None = None) -> bool:
+        """True when this source would make a host for a job with these requirements that lives past the job's time
+        limit (None: any lifetime; static hosts: never)."""
         return False
 
     def pending(self) -> dict[str, HostFacts]:
