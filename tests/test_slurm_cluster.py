@@ -3,6 +3,8 @@ its agent lives in the holder's batch step, and the channel is an `srun --overla
 here). The Service and scheduler are the real ones; only the source of hosts is the cluster."""
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,3 +95,20 @@ def test_a_job_longer_than_the_walltime_is_refused_at_submission(slurm, arc):
     with pytest.raises(ArcError, match=r"time limit \(900 s\) is longer than what uni allocates"):
         service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=900)])
     assert service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=300)]).jobs
+
+
+def test_arc_clusters_release_cancels_what_this_state_dir_holds(slurm, arc, tmp_path):
+    service, cluster = arc()
+    job = service.submit_jobs([sleeper(120, requirements={"gpus": 1}, time_limit_s=300)]).jobs[0].job_id
+    wait_for(lambda: status(service, job)["status"] == "running", 120, "the job to run in an allocation")
+    other = slurm.run("sbatch", "--parsable", "--gres=gpu:h100:1", "--wrap", "sleep 300").strip()   # not arc's
+    try:
+        released = subprocess.run([sys.executable, "-m", "mcp_server", "--json", "--hosts", str(tmp_path / "hosts.yaml"),
+                                   "--state-dir", str(tmp_path / "state"), "clusters", "release"],
+                                  capture_output=True, text=True, timeout=60)
+        assert released.returncode == 0, released.stderr
+        assert len(json.loads(released.stdout)["released"]["uni"]) == 1
+        wait_for(lambda: not ours(slurm, cluster), 30, "arc's allocation to be cancelled")
+        assert other in {j["id"] for j in slurm.jobs()}          # someone else's job is left alone
+    finally:
+        slurm.run("scancel", other)

@@ -19,6 +19,12 @@ def add_commands(sub) -> None:
     hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="hosts_action", required=True)
     hosts.add_parser("check", help="bootstrap every host and report its readiness").set_defaults(fn=cmd_hosts_check)
 
+    clusters = sub.add_parser("clusters", help="Slurm clusters of hosts.yaml").add_subparsers(
+        dest="clusters_action", required=True)
+    clusters.add_parser("release", help="cancel every allocation this state dir holds on every cluster (a running "
+                                        "daemon asks for new ones while work is queued: `arc daemon stop --release` "
+                                        "stops it first)").set_defaults(fn=cmd_clusters_release)
+
     d = sub.add_parser("daemon", help="the controller daemon: start | stop | restart (after editing hosts.yaml) | "
                                       "status")
     d.add_argument("action", choices=["start", "stop", "restart", "status"])
@@ -27,6 +33,9 @@ def add_commands(sub) -> None:
     d.add_argument("--lost-after", type=_positive_seconds, metavar="S",
                    help="grace before the jobs of an unreachable host are marked lost (default 600 s; applies when "
                         "this command starts the daemon)")
+    d.add_argument("--release", action="store_true",
+                   help="with stop: also cancel every Slurm allocation the daemon held (they outlive it otherwise, so "
+                        "that a restart adopts them)")
     d.set_defaults(fn=cmd_daemon)
 
     dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client "
@@ -115,7 +124,7 @@ def cmd_daemon(args) -> int:
     if args.action == "stop":
         stopped = daemon.stop()
         emit(args, {"stopped": stopped}, lambda c, d: c.print("daemon stopped" if d["stopped"] else "no daemon runs"))
-        return 0
+        return cmd_clusters_release(args) if args.release else 0
     info = daemon.info() if daemon.running() else {}
     emit(args, {"running": bool(info), **info},
          lambda c, d: c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp, "
@@ -218,3 +227,28 @@ def cmd_report(args) -> int:
     emit(args, {"path": str(out.resolve()), "runs": len(data["points"])},
          lambda c, d: c.print(f"wrote {d['path']}: {d['runs']} run(s); it opens from disk with no network"))
     return 0
+
+
+def cmd_clusters_release(args) -> int:
+    from ...fleet.errors import FleetError
+    from ...fleet.hosts_config import HostsConfigError, load_hosts
+    from ...fleet.slurm import SlurmCluster, owner_id
+
+    try:
+        hosts = load_hosts(hosts_file(args.hosts))
+    except HostsConfigError as e:
+        raise CliError(str(e)) from None
+    released, problems = {}, []
+    for config in hosts.clusters:
+        cluster = SlurmCluster(config, owner_id(state_paths(args).root))
+        try:
+            released[config.name] = cluster.release()
+        except FleetError as e:
+            problems.append(f"{config.name}: {e.message}")
+        finally:
+            cluster.close()
+    emit(args, {"released": released, "problems": problems},
+         lambda c, d: c.print("; ".join([f"{name}: cancelled {len(ids)} allocation(s) {' '.join(ids)}".rstrip()
+                                         for name, ids in d["released"].items()] + d["problems"])
+                              or "no clusters in the hosts file"))
+    return 1 if problems else 0
