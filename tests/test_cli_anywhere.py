@@ -127,6 +127,8 @@ def test_a_daemon_running_another_fleet_file_is_named_with_the_fix(person, tmp_p
         assert "arc daemon restart" in refused.stderr and "--state-dir" in refused.stderr
         # The fix it names works: the restarted daemon runs the other file and takes the job.
         arc_run(person, "--hosts", str(other), "--state-dir", str(state), "daemon", "restart")
+        gpus = json.loads(arc_run(person, "--hosts", str(other), "--state-dir", str(state), "--json", "gpus").stdout)
+        assert f"fleet file {other}, history {state}" in gpus["summary"], gpus["summary"]
         job = arc_run(person, "--hosts", str(other), "--state-dir", str(state), "submit", "-q", "--host", "h1", "--",
                       "true").stdout.strip()
         assert job

@@ -183,6 +183,8 @@ class Service:
         cpu_free = sum(v.cpu_slots - v.cpu_slots_used for v in views if v.reachable)
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
+        if self.hosts_stamp is not None:       # which files: a person's own or a project's, from any folder
+            summary += f"; fleet file {self.hosts_stamp.path}, history {self.paths.root}"
         if self.hosts_stamp is not None and self.hosts_stamp.changed():
             summary += (f"; {self.hosts_stamp.path} has changed since the daemon started: a person runs "
                         "`arc daemon restart` to apply it")
