@@ -33,7 +33,10 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
         return json.loads(result.stdout)
 
     try:
-        proc = subprocess.run([arc, "--state-dir", str(state), "--hosts", str(hosts), "demo", "--steps", "12"],
+        # As a person who installed arc runs it: from an empty folder, no fleet file (the demo's is this machine).
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        proc = subprocess.run([arc, "--state-dir", str(state), "demo", "--steps", "12"], cwd=empty,
                               capture_output=True, text=True, timeout=600, env=env)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-5000:]
@@ -50,6 +53,7 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
         assert "suggest_configs → 3 TPE suggestion(s) inside the search space, learned from 6 finished" in flat
         assert "Welch, 2 vs 2 runs on cpu" in flat and "vs 1 runs on cpu" in flat and " noise (" in flat
         assert not daemon.running()                      # the demo stops the daemon it started
+        assert not list(empty.iterdir())                 # it wrote nothing into the folder it ran from
 
         (ok, with_metric), = arc_json("sql", "SELECT count(*) FILTER (status = 'succeeded'), count(val_bpb) "
                                              "FROM runs")["rows"]

@@ -34,7 +34,7 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_repository_research_yaml_is_valid():
-    cfg = load_research(REPO / "examples" / "research-gpu.yaml")
+    cfg = load_research(REPO / "mcp_server" / "templates" / "research.yaml")
     assert isinstance(cfg.search_space["matrix_lr"], FloatParam) and cfg.search_space["matrix_lr"].log
     assert isinstance(cfg.search_space["depth"], IntParam)
     assert isinstance(cfg.search_space["window_pattern"], ChoiceParam)

@@ -1,6 +1,11 @@
 """Where arc keeps its files on the controller.
 
-One state dir per fleet/history (`--state-dir`, env ARC_STATE_DIR, default `./.arc`), so several can live side by side.
+The fleet file: `--hosts` / env ARC_HOSTS, else `./hosts.yaml` (a project's), else the person's own in the user
+config dir (`$XDG_CONFIG_HOME/arc/hosts.yaml` on Linux, what `arc init` writes). The state dir (history, daemon):
+`--state-dir` / env ARC_STATE_DIR, else `./.arc` for a project's fleet file, else the user data dir
+(`$XDG_DATA_HOME/arc` on Linux). So `arc mcp` registered at user scope finds the same fleet and history from any
+folder Claude Code starts in, and a project keeps its own. One state dir per fleet/history, so several can live
+side by side.
 """
 from __future__ import annotations
 
@@ -19,8 +24,12 @@ class StatePaths:
     root: Path
 
     @classmethod
-    def resolve(cls, state_dir: str | os.PathLike | None = None) -> "StatePaths":
-        raw = state_dir or os.environ.get("ARC_STATE_DIR") or DEFAULT_STATE_DIR
+    def resolve(cls, state_dir: str | os.PathLike | None = None, fleet: "FleetFile | None" = None) -> "StatePaths":
+        """`fleet`: the fleet file in use, which picks the default (./.arc, or the user data dir for the user's
+        own fleet file); without it the default is ./.arc."""
+        raw = state_dir or os.environ.get("ARC_STATE_DIR")
+        if not raw:
+            raw = user_data_dir() if fleet is not None and fleet.origin == USER else DEFAULT_STATE_DIR
         return cls(Path(raw).expanduser().resolve())
 
     def ensure(self) -> "StatePaths":
@@ -65,8 +74,49 @@ class StatePaths:
         return self.root / "data"
 
 
+GIVEN, PROJECT, USER = "given", "project", "user"     # where the fleet file in use came from
+
+
+@dataclass(frozen=True)
+class FleetFile:
+    path: Path
+    origin: str         # GIVEN (--hosts / ARC_HOSTS), PROJECT (./hosts.yaml) or USER (the user config dir)
+
+    def describe(self) -> str:
+        return {GIVEN: f"{self.path} (given by --hosts or ARC_HOSTS)",
+                PROJECT: f"{self.path} (this folder's hosts.yaml)",
+                USER: f"{self.path} (your own fleet file)"}[self.origin]
+
+
+def user_config_dir() -> Path:
+    import platformdirs     # here, not at the top: `arc mcp` with a project's file imports only the stdlib
+
+    return platformdirs.user_config_path("arc")
+
+
+def user_data_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("arc")
+
+
+def user_hosts_file() -> Path:
+    return user_config_dir() / DEFAULT_HOSTS_FILE
+
+
+def fleet_file(path: str | os.PathLike | None = None) -> FleetFile:
+    """The fleet file in use (it may not exist yet: the user's own one before `arc init`)."""
+    chosen = path or os.environ.get("ARC_HOSTS")
+    if chosen:
+        return FleetFile(Path(chosen).expanduser().resolve(), GIVEN)
+    here = Path(DEFAULT_HOSTS_FILE)
+    if here.exists():
+        return FleetFile(here.resolve(), PROJECT)
+    return FleetFile(user_hosts_file(), USER)
+
+
 def hosts_file(path: str | os.PathLike | None = None) -> Path:
-    return Path(path or os.environ.get("ARC_HOSTS") or DEFAULT_HOSTS_FILE).expanduser()
+    return fleet_file(path).path
 
 
 def default_research_file(hosts_path: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:

@@ -214,6 +214,8 @@ class Service:
             summary += f"; waiting: {', '.join(waiting[:10])}"
         if not n_gpus:
             summary += f"; {cpu_free} CPU slots free"
+        if self.hosts_stamp is not None:       # which files: a person's own or a project's, from any folder
+            summary += f"; fleet file {self.hosts_stamp.path}, history {self.paths.root}"
         if offset or offset + len(page) < len(shown):
             summary += (f"; hosts {offset + 1 if page else 0}-{offset + len(page)} of {len(shown)} shown ("
                         + next_page("list_gpus", offset + len(page), host=host, gpu_class=gpu_class,

@@ -16,8 +16,9 @@ How. A fresh in-memory instance (never DuckDB's per-path instance cache, which c
 reading a replaced snapshot) attaches the file read-only, then disables file access and locks its configuration,
 so `read_csv`, `glob`, `COPY`, `ATTACH`, `INSTALL/LOAD` and `SET` fail even if the checks below missed
 something. Exactly one statement, of type SELECT (`extract_statements`, before anything runs), inside a READ ONLY
-transaction; rows pulled one at a time from a streaming result (a huge result is never built); a watchdog thread
-calls `interrupt()` at the deadline. Memory and threads of the instance are capped.
+transaction; rows pulled one at a time from a streaming result (a huge result is never built; an export,
+`stream_user_sql`, pulls every row in batches); a watchdog thread calls `interrupt()` at the deadline. Memory and
+threads of the instance are capped.
 
 Bounded answers. The answer travels to the MCP client through `arc mcp`'s HTTP stream, which breaks on an event
 over 1 MiB, and reaches a model that can read far less: each cell's text is cut to MAX_CELL_CHARS and rows stop
@@ -31,9 +32,10 @@ import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 
@@ -83,20 +85,42 @@ def run_user_sql(db_path: str | os.PathLike, sql: str, limit: int = 50, timeout_
     """Run one SELECT from a user or agent on the history file `db_path` (never one held read-write)."""
     if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise UserSqlError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+    started = time.perf_counter()
+    with _running(Path(db_path), sql, timeout_s) as con:
+        json_columns = {i for i, d in enumerate(con.description) if str(d[1]) == "JSON"}
+        rows, cut, more = _bounded_rows(con, [d[0] for d in con.description], json_columns, limit)
+        return UserSqlResult([d[0] for d in con.description], rows, len(rows), more, time.perf_counter() - started,
+                             cut)
+
+
+def stream_user_sql(db_path: str | os.PathLike, sql: str, timeout_s: float = MAX_TIMEOUT_S,
+                    batch: int = 1000) -> Iterator[list[Any]]:
+    """Every row of one SELECT, with the same safety as run_user_sql and no row cap (an export: `arc sql --format
+    csv`): first the column names, then each row, pulled `batch` rows at a time."""
+    with _running(Path(db_path), sql, timeout_s) as con:
+        json_columns = {i for i, d in enumerate(con.description) if str(d[1]) == "JSON"}
+        yield [d[0] for d in con.description]
+        while raw := con.fetchmany(batch):
+            yield from ([jsonable(from_json(v) if i in json_columns else v) for i, v in enumerate(row)]
+                        for row in raw)
+
+
+@contextmanager
+def _running(path: Path, sql: str, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The connection with `sql` executing under the watchdog, in a read-only transaction; DuckDB's errors while
+    it runs or its rows are fetched become UserSqlErrors that say what to do."""
     if not 0 < timeout_s <= MAX_TIMEOUT_S:
         raise UserSqlError(f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
     if not sql or not sql.strip():
         raise UserSqlError(f"empty query: {_HOW}")
-    started = time.perf_counter()
-    con = _open(Path(db_path))
+    con = _open(path)
     try:
         _check_one_select(con, sql)
         con.execute("BEGIN TRANSACTION READ ONLY")       # on this connection: USE does not carry to cursors
         with _Watchdog(con, timeout_s) as watchdog:
             try:
                 con.execute(sql)
-                json_columns = {i for i, d in enumerate(con.description) if str(d[1]) == "JSON"}
-                rows, cut, more = _bounded_rows(con, [d[0] for d in con.description], json_columns, limit)
+                yield con
             except duckdb.InterruptException:
                 raise UserSqlError(f"query stopped after {timeout_s:g} s (time limit): filter more, aggregate, "
                                    "or add LIMIT") from None
@@ -110,8 +134,6 @@ def run_user_sql(db_path: str | os.PathLike, sql: str, limit: int = 50, timeout_
                 if watchdog.fired:
                     raise UserSqlError(f"query stopped after {timeout_s:g} s (time limit)") from None
                 raise UserSqlError(_explain(e)) from None
-        return UserSqlResult([d[0] for d in con.description], rows, len(rows), more, time.perf_counter() - started,
-                             cut)
     finally:
         con.close()
 

@@ -16,6 +16,10 @@ idle session). A request that never reached the daemon is sent again. A call of 
 when the daemon went away is sent again; a call that changes something is answered with an error that says so (it
 may or may not have taken effect: a submission is checked with list_jobs before it is repeated). Nothing recorded
 is lost across the restart: the history is on disk and the new daemon reconciles every job with its host.
+
+When arc cannot serve at all (no fleet file, a broken one, a daemon that cannot start), the relay still starts and
+answers the handshake itself, then every tool call with the reason and the fix: an `arc mcp` that exits instead
+shows the person only `Failed to connect`, its reason lost on a stderr nobody reads.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ log = logging.getLogger("arc.bridge")
 REPLAY_ID = "arc-bridge-replay"     # the id of a replayed handshake; its answer is not the client's
 ATTEMPTS = 3                        # losses in a row of one request before it is refused
 INTERNAL_ERROR = -32603
+METHOD_NOT_FOUND = -32601
 CONNECT_TIMEOUT_S = 30.0
 SESSION_HEADER = "mcp-session-id"
 
@@ -278,7 +283,76 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def run(paths: StatePaths, hosts_file: Path, research_file: Path | None = None) -> None:
+class Unusable:
+    """The MCP server of an arc that cannot serve: it introduces itself, lists one tool that says why, and answers
+    any tool call with the reason and the fix."""
+
+    TOOL = "arc_setup"
+
+    def __init__(self, reason: str, out: BinaryIO):
+        self.reason = (f"arc cannot serve: {reason.rstrip('. ')}. Once fixed, reconnect arc in Claude Code (/mcp, then "
+                       "reconnect; or start Claude Code again)")
+        self.out = out
+
+    def serve(self, stdin: BinaryIO) -> None:
+        for line in stdin:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and "method" in message and "id" in message:
+                self._write(self._answer(message))
+
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        method, params = message["method"], message.get("params") or {}
+        result: dict[str, Any]
+        if method == "initialize":
+            version = params.get("protocolVersion")
+            result = {"protocolVersion": version if isinstance(version, str) else "2025-06-18",
+                      "capabilities": {"tools": {"listChanged": False}},
+                      "serverInfo": {"name": "arc", "version": _version()}, "instructions": self.reason}
+        elif method == "tools/list":
+            result = {"tools": [{"name": self.TOOL, "description": self.reason + ". Call this tool for the same "
+                                 "text; tell the person, who fixes it.",
+                                 "inputSchema": {"type": "object", "properties": {}},
+                                 "annotations": {"readOnlyHint": True}}]}
+        elif method == "tools/call":
+            result = {"content": [{"type": "text", "text": self.reason}], "isError": True}
+        elif method in ("prompts/list", "resources/list", "resources/templates/list"):
+            key = {"prompts/list": "prompts", "resources/list": "resources"}.get(method, "resourceTemplates")
+            result = {key: []}
+        elif method == "ping":
+            result = {}
+        else:
+            return {"jsonrpc": "2.0", "id": message["id"],
+                    "error": {"code": METHOD_NOT_FOUND, "message": f"{method}: {self.reason}"}}
+        return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+    def _write(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.out.flush()
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def run(paths: StatePaths, hosts_file: Path | None, research_file: Path | None = None,
+        unusable: str | None = None) -> bool:
+    """Relay stdio to the daemon, started now so a broken fleet file is found before the first question; or, when
+    arc cannot serve (`unusable` says why, or the daemon cannot start), say why on stderr and answer every request
+    with it. False when it could only refuse."""
     client = DaemonClient(paths)
-    client.ensure(hosts_file, research_file)   # fail fast on a broken fleet file
+    if unusable is None:
+        try:
+            client.ensure(hosts_file, research_file)
+        except DaemonError as e:
+            unusable = str(e)
+    if unusable is not None:
+        print(f"arc: {unusable}", file=sys.stderr, flush=True)
+        Unusable(unusable, sys.stdout.buffer).serve(sys.stdin.buffer)
+        return False
     Relay(client, hosts_file, research_file, sys.stdout.buffer).serve(sys.stdin.buffer)
+    return True

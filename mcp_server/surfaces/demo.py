@@ -549,13 +549,30 @@ def show_dashboard(paths: StatePaths, console: Console, keep_daemon: bool) -> Pa
 
 
 def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int = DEFAULT_STEPS,
+
+
+def demo_fleet(paths: StatePaths) -> Path:
+    """The demo's own fleet file in its state dir: this machine, running jobs with this interpreter (the one that
+    has the trainer's packages) in a workdir inside the state dir."""
+    import yaml
+
+    path = paths.root / "hosts.yaml"
+    path.write_text("# the fleet of `arc demo` (written by the demo at each run): this machine\n" + yaml.safe_dump(
+        {"hosts": [{"name": "local", "transport": "local", "workdir": str(paths.root / "work"),
+                    "python": sys.executable}]}, sort_keys=False))
+    return path
+
+
+def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path | None = None, steps: int = DEFAULT_STEPS,
              console: Console | None = None, keep_daemon: bool = False) -> DemoResult:
+    """`hosts_file`: the fleet to run on; None: this machine (the demo writes its fleet file)."""
     from ..daemon.client import DaemonClient
 
     console = console or Console(highlight=False)
     started = time.perf_counter()
     paths = StatePaths.resolve(state_dir or DEFAULT_STATE_DIR).ensure()
     fresh_campaign(paths)
+    hosts_file = hosts_file or demo_fleet(paths)
     console.print(Panel(f"state dir [bold]{paths.root}[/bold] (a fresh history)\nfleet     [bold]{hosts_file}[/bold]\n"
                         f"rules     [bold]{paths.root / RULES_FILE}[/bold] (search space, checkpoint every 8 "
                         f"experiments)\nruns      {steps} training steps each ({PRESET} preset)", title="arc demo"))

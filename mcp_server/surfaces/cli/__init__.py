@@ -42,9 +42,10 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """The options every command takes, before or after its name (`arc hosts check --hosts FILE`). A command's
     copies default to SUPPRESS, so they set only what is given after the name and keep what came before."""
     given_only = {} if top else {"default": argparse.SUPPRESS}
-    parser.add_argument("--hosts", help="fleet file (env ARC_HOSTS, default ./hosts.yaml)", **given_only)
-    parser.add_argument("--state-dir", help="history and daemon files (env ARC_STATE_DIR, default ./.arc)",
-                        **given_only)
+    parser.add_argument("--hosts", help="fleet file (env ARC_HOSTS; default ./hosts.yaml, else your own from "
+                                         "`arc init`)", **given_only)
+    parser.add_argument("--state-dir", help="history and daemon files (env ARC_STATE_DIR; default ./.arc beside a "
+                                            "project's fleet file, else arc's user data dir)", **given_only)
     parser.add_argument("--research", help="campaign rules (env ARC_RESEARCH, default research.yaml beside the "
                                            "hosts file)", **given_only)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables", **given_only)

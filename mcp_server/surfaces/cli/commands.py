@@ -1,5 +1,5 @@
-"""`arc`'s commands that are not service operations: checking the hosts, running the daemon, preparing the data,
-the demo and the stdio bridge for Claude Code."""
+"""`arc`'s commands that are not service operations: writing a first fleet file, checking the hosts, running the
+daemon, preparing the data, the demo and the stdio bridge for Claude Code."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +8,25 @@ import logging
 import os
 import sys
 
-from ...core.paths import StatePaths, hosts_file
-from .reach import CliError, check_hosts_file, client, research_file, state_paths
+from pathlib import Path
+
+from ...core.paths import DEFAULT_HOSTS_FILE, DEFAULT_RESEARCH_FILE, GIVEN, StatePaths, user_hosts_file
+from .reach import CliError, check_hosts_file, client, fleet, missing_fleet, research_file, state_paths
 from .render import console, emit
 
 
 def add_commands(sub) -> None:
     """The commands that are not operations of the service: the fleet's hosts, the daemon, the data, the demo,
     the stdio bridge."""
+    init = sub.add_parser("init", help="write a commented fleet file (this machine as `local`) where arc looks "
+                                       f"for it: {user_hosts_file()} (or ./hosts.yaml with --here); never "
+                                       "overwrites")
+    init.add_argument("--here", action="store_true", help="write ./hosts.yaml, this folder's (a project's) fleet")
+    # Not `--research`: that is every command's option naming the research file.
+    init.add_argument("--with-research", action="store_true",
+                      help="also write research.yaml beside it (the campaign's metric, search space and budgets)")
+    init.set_defaults(fn=cmd_init)
+
     hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="hosts_action", required=True)
     hosts.add_parser("check", help="bootstrap every host and report its readiness").set_defaults(fn=cmd_hosts_check)
 
@@ -38,8 +49,9 @@ def add_commands(sub) -> None:
                         "that a restart adopts them)")
     d.set_defaults(fn=cmd_daemon)
 
-    dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client "
-                                     "(state dir default ./.arc-demo)")
+    dm = sub.add_parser("demo", help="a short research campaign on this machine through the real MCP client, "
+                                     "from any folder (state dir default ./.arc-demo; its fleet is this machine "
+                                     "unless --hosts or ARC_HOSTS names one)")
     dm.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
     dm.add_argument("--keep-daemon", action="store_true", help="leave the demo's daemon running at the end")
     dm.set_defaults(fn=cmd_demo)
@@ -64,6 +76,30 @@ def add_commands(sub) -> None:
     m.set_defaults(fn=cmd_mcp)
 
 
+def cmd_init(args) -> int:
+    from importlib import resources
+
+    hosts = Path(DEFAULT_HOSTS_FILE).resolve() if args.here else user_hosts_file()
+    wanted = [(hosts, "hosts.yaml")]
+    if args.with_research:
+        wanted.append((hosts.parent / DEFAULT_RESEARCH_FILE, "research.yaml"))
+    written, kept = [], []
+    for path, template in wanted:
+        if path.exists():
+            kept.append(str(path))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(resources.files("mcp_server").joinpath("templates", template).read_text())
+        written.append(str(path))
+    hint = ("`arc hosts check` checks it; add GPU hosts by editing it" if args.here else
+            "arc uses it from any folder without a hosts.yaml of its own; `arc hosts check` checks it")
+    emit(args, {"written": written, "kept": kept},
+         lambda c, d: c.print("\n".join([f"wrote {w}" for w in d["written"]]
+                                        + [f"kept {k} (it exists; arc init never overwrites)" for k in d["kept"]]
+                                        + ([hint] if d["written"] else []))))
+    return 0
+
+
 def cmd_hosts_check(args) -> int:
     import dataclasses
 
@@ -71,8 +107,11 @@ def cmd_hosts_check(args) -> int:
     from ...fleet.hosts_config import HostsConfigError, load_hosts
     from ...fleet.report import check_hosts_live
 
+    chosen = fleet(args)
+    if not chosen.path.exists():
+        raise CliError(missing_fleet(chosen))
     try:
-        hosts = load_hosts(hosts_file(args.hosts))
+        hosts = load_hosts(chosen.path)
     except HostsConfigError as e:
         raise CliError(str(e)) from None
     if args.json:
@@ -99,7 +138,7 @@ def cmd_daemon(args) -> int:
             from ...daemon.state import DaemonRunning
 
             _setup_daemon_logging(paths)
-            hosts = hosts_file(args.hosts)
+            hosts = fleet(args).path
             check_hosts_file(hosts)
             settings = None
             if args.lost_after is not None:
@@ -126,11 +165,19 @@ def cmd_daemon(args) -> int:
         emit(args, {"stopped": stopped}, lambda c, d: c.print("daemon stopped" if d["stopped"] else "no daemon runs"))
         return cmd_clusters_release(args) if args.release else 0
     info = daemon.info() if daemon.running() else {}
-    emit(args, {"running": bool(info), **info},
-         lambda c, d: c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp, "
-                              f"log {d.get('log', paths.daemon_log)}" if d["running"]
-                              else f"no daemon runs for {paths.root}"))
+    files = {"state_dir": str(paths.root), "hosts_file": info.get("hosts_file") or str(fleet(args).path),
+             "research_file": info.get("research_file") or str(research_file(args))}
+    emit(args, {"running": bool(info), **info, **files}, _render_status)
     return 0
+
+
+def _render_status(c, d: dict) -> None:
+    if d["running"]:
+        c.print(f"daemon pid {d['pid']}: {d['socket']}, http://127.0.0.1:{d['port']}/mcp, log {d['log']}")
+    else:
+        c.print(f"no daemon runs for {d['state_dir']}; one started now would use:")
+    c.print(f"  state dir      {d['state_dir']}\n  fleet file     {d['hosts_file']}\n"
+            f"  research file  {d['research_file']}")
 
 
 def _positive_seconds(text: str) -> float:
@@ -166,30 +213,32 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_mcp(args) -> int:
-    from ...daemon.client import DaemonError
     from ..bridge import run
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    hosts = hosts_file(args.hosts)
-    check_hosts_file(hosts)
+    chosen, research, unusable = fleet(args), None, None
     try:
-        run(state_paths(args), hosts, research_file(args))
-    except DaemonError as e:           # the daemon cannot start: say why instead of a traceback
-        raise CliError(str(e)) from None
-    return 0
+        if not chosen.path.exists():
+            raise CliError(missing_fleet(chosen))
+        check_hosts_file(chosen.path)
+        research = research_file(args)
+    except CliError as e:       # Claude Code shows only "Failed to connect" for a server that exits: answer instead
+        unusable = str(e)
+    return 0 if run(state_paths(args), chosen.path, research, unusable) else 1
 
 
 def cmd_demo(args) -> int:
     from ..demo import DEFAULT_STATE_DIR, DemoError, run_demo
 
-    hosts = hosts_file(args.hosts)
-    if not hosts.exists():
-        raise CliError(f"hosts file {hosts} not found; run the demo from the repository (its hosts.yaml describes "
-                       "this machine) or pass --hosts FILE")
-    check_hosts_file(hosts)
+    chosen = fleet(args)
+    # The demo's fleet is this machine, described by the demo itself: it needs no file, from any folder.
+    hosts = chosen.path if chosen.origin == GIVEN else None
+    if hosts is not None:
+        if not hosts.exists():
+            raise CliError(missing_fleet(chosen))
+        check_hosts_file(hosts)
     try:
-        run_demo(args.state_dir or DEFAULT_STATE_DIR, hosts.resolve(), steps=args.steps,
-                 keep_daemon=args.keep_daemon)
+        run_demo(args.state_dir or DEFAULT_STATE_DIR, hosts, steps=args.steps, keep_daemon=args.keep_daemon)
     except DemoError as e:
         raise CliError(str(e)) from None
     return 0

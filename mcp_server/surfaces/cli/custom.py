@@ -1,20 +1,22 @@
 """The operations whose command line is a person's own way of saying them: `arc submit` builds one job spec from
 flags (or takes `-- CMD ARGS`), `arc logs` can follow a log, `arc wait` waits as long as it takes and exits 0 only
-if every job succeeded. Each sets `dest` to the operation's parameter where it has one, so next-step hints map onto
+if every job succeeded, `arc sql` prints in the format asked (and exports every row as TSV or CSV). Each sets `dest` to the operation's parameter where it has one, so next-step hints map onto
 its options; `hint_drops` names parameters a hint may leave out."""
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
 import json
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from ...core.vocabulary import ACTIVE_STATUSES, JobStatus
 from .arguments import parse_overrides, subparser
-from .reach import call
-from .render import console, emit, render_jobs, render_submit
+from .reach import CliError, call, read_or_call, state_paths
+from .render import console, emit, render_jobs, render_sql, render_submit
 
 
 def add_submit(tree) -> None:
@@ -130,5 +132,86 @@ def cmd_wait(args) -> int:
     return 0 if ok else 1
 
 
+SQL_FORMATS = ("table", "tsv", "csv", "json")
+EXPORT_TIMEOUT_S = 300.0
+
+
+def add_sql(tree) -> None:
+    from ...core.service import MAX_ROWS
+
+    q = subparser(tree, ["sql"], "read-only SQL on the history (one SELECT); `arc schema` lists the tables",
+                  description="Read-only SQL on the history: exactly one SELECT. As a table (a record per row when "
+                              "too wide) at a terminal, TSV when piped. TSV and CSV print every row (an export, "
+                              "e.g. arc sql --format csv \"SELECT * FROM runs\" > runs.csv); table and JSON at "
+                              f"most --limit rows (default 50, at most {MAX_ROWS}).")
+    q.add_argument("sql", metavar="SQL")
+    q.add_argument("--limit", type=int, metavar="N",
+                   help=f"at most N rows (1 to {MAX_ROWS}; default 50 for table and JSON, every row for TSV/CSV)")
+    q.add_argument("--format", choices=SQL_FORMATS, dest="sql_format",
+                   help="table (default at a terminal), tsv (default when piped), csv, json (as --json)")
+    q.set_defaults(fn=cmd_sql)
+
+
+def cmd_sql(args) -> int:
+    shape = "json" if args.json else args.sql_format or ("table" if sys.stdout.isatty() else "tsv")
+    if shape in ("tsv", "csv") and args.limit is None:
+        rows = export_rows(args)
+    else:
+        params = {"sql": args.sql} if args.limit is None else {"sql": args.sql, "limit": args.limit}
+        data = read_or_call(args, "query_results", **params)
+        if shape == "json":
+            print(json.dumps(data))
+            return 0
+        if shape == "table":
+            render_sql(console(), data)
+            return 0
+        rows = [data["columns"], *data["rows"]]
+        if data["truncated"]:
+            print(f"arc: {data['summary']}; without --limit, --format {shape} prints every row", file=sys.stderr)
+    try:
+        write_rows(rows, shape, sys.stdout)
+    except BrokenPipeError:         # `arc sql ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def export_rows(args) -> Iterable[list[Any]]:
+    """Every row, read as query_results reads them: the daemon's snapshot while it runs (the call refreshes it
+    and checks the query), else the history file."""
+    from ...daemon.client import DaemonClient
+    from ...history.usersql import UserSqlError, stream_user_sql
+
+    paths = state_paths(args)
+    source = paths.history
+    if DaemonClient(paths).running():
+        read_or_call(args, "query_results", sql=args.sql, limit=1)
+        source = paths.snapshot
+    rows = stream_user_sql(source, args.sql, timeout_s=EXPORT_TIMEOUT_S)
+    try:
+        yield next(rows)
+        yield from rows
+    except UserSqlError as e:
+        raise CliError(str(e)) from None
+
+
+def write_rows(rows: Iterable[list[Any]], shape: str, out) -> None:
+    """The header, then each row: CSV as the csv module writes it; TSV one line per row, its tabs, newlines and
+    backslashes escaped (as PostgreSQL's text format), so every line is one row."""
+    if shape == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        for row in rows:
+            writer.writerow([_cell(v) for v in row])
+        return
+    for row in rows:
+        out.write("\t".join(_cell(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                            .replace("\r", "\\r") for v in row) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
 # The operations whose command line is written here instead of made from their declaration.
-CUSTOM = {"submit_jobs": add_submit, "tail_log": add_logs, "wait_for_jobs": add_wait}
+CUSTOM = {"submit_jobs": add_submit, "tail_log": add_logs, "wait_for_jobs": add_wait, "query_results": add_sql}

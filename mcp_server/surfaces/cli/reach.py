@@ -5,36 +5,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...core.paths import StatePaths, default_research_file, hosts_file
+from ...core.paths import FleetFile, StatePaths, default_research_file, fleet_file
 
 
 class CliError(Exception):
     """What `arc` prints as `arc: ...` before exiting 1."""
 
 
+def fleet(args) -> FleetFile:
+    return fleet_file(args.hosts)
+
+
 def state_paths(args) -> StatePaths:
-    return StatePaths.resolve(args.state_dir)
+    return StatePaths.resolve(args.state_dir, fleet(args))
+
+
+def missing_fleet(chosen: FleetFile) -> str:
+    """Why there is no fleet and what to do, for the CLI and for every tool call of a fleet-less `arc mcp`."""
+    return (f"no fleet file: {chosen.describe()} does not exist. Fix: run `arc init` to write a commented one "
+            "that describes this machine (then edit it to add GPU hosts), or pass --hosts FILE / set ARC_HOSTS")
 
 
 def client(args, start: bool = True, daemon_args: tuple[str, ...] = ()):
     from ...daemon.client import DaemonClient
 
     found = DaemonClient(state_paths(args))
-    # A running daemon already validated its files; checking them again would cost every command a second.
-    if start and not found.running():
-        hosts = hosts_file(args.hosts)
-        if not hosts.exists():
-            raise CliError(f"hosts file {hosts} not found; pass --hosts FILE or set ARC_HOSTS "
-                           "(the repository's hosts.yaml describes this machine)")
-        check_hosts_file(hosts)
-        found.ensure(hosts, research_file(args), daemon_args)
+    chosen = fleet(args)
+    if start and found.running():
+        # A running daemon already validated its files; checking them again would cost every command a second.
+        running = found.info().get("hosts_file")
+        if running and chosen.path.exists() and Path(running) != chosen.path:
+            raise CliError(f"the daemon of {found.paths.root} runs the fleet file {running}, not "
+                           f"{chosen.describe()}. Fix: `arc daemon restart` (with the same --hosts) to switch it "
+                           "to that file (running jobs are kept), or pass another --state-dir to run a second "
+                           "daemon beside it")
+    elif start:
+        if not chosen.path.exists():
+            raise CliError(missing_fleet(chosen))
+        check_hosts_file(chosen.path)
+        found.ensure(chosen.path, research_file(args), daemon_args)
     return found
 
 
 def research_file(args) -> Path:
     from ...research import ResearchConfigError, load_research
 
-    path = default_research_file(hosts_file(args.hosts), args.research)
+    path = default_research_file(fleet(args).path, args.research)
     try:
         load_research(path)
     except ResearchConfigError as e:

@@ -99,7 +99,17 @@ def render_job_details(console, data: dict) -> None:
 
 
 def render_sql(console, data: dict) -> None:
-    console.print(table(None, data["columns"], [[fmt(v) for v in r] for r in data["rows"]]))
+    """A table when it fits the terminal; else one record per row, a line per column (`SELECT *` is 40 wide)."""
+    rows = [[fmt(v) for v in r] for r in data["rows"]]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(data["columns"])]
+    if sum(widths) + 3 * max(len(widths) - 1, 0) <= console.width:
+        console.print(table(None, data["columns"], rows))
+    else:
+        name_width = max(map(len, data["columns"]), default=0)
+        for n, r in enumerate(rows, 1):
+            console.print(f"-[ row {n} ]" + "-" * max(0, min(console.width, 40) - 10 - len(str(n))), style="dim")
+            for column, value in zip(data["columns"], r):
+                console.print(f"{column:<{name_width}} | {value}", markup=False)
     render_summary(console, data)
 
 
