@@ -548,9 +548,6 @@ def show_dashboard(paths: StatePaths, console: Console, keep_daemon: bool) -> Pa
     return report
 
 
-def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path, steps: int = DEFAULT_STEPS,
-
-
 def demo_fleet(paths: StatePaths) -> Path:
     """The demo's own fleet file in its state dir: this machine, running jobs with this interpreter (the one that
     has the trainer's packages) in a workdir inside the state dir."""
@@ -586,7 +583,8 @@ def run_demo(state_dir: str | os.PathLike | None, hosts_file: Path | None = None
         # The bridge or the daemon failed: their logs say why.
         raise DemoError(f"the MCP session ended with {type(e).__name__}: {e}\n"
                         f"see {paths.root / 'bridge.log'} and {paths.daemon_log}") from e
-        show_dashboard(paths, console, keep_daemon)
+    else:
+        show_dashboard(paths, console, keep_daemon)     # while the daemon still runs
     finally:
         if not keep_daemon:
             DaemonClient(paths).stop()

@@ -284,7 +284,7 @@ def cmd_clusters_release(args) -> int:
     from ...fleet.slurm import SlurmCluster, owner_id
 
     try:
-        hosts = load_hosts(hosts_file(args.hosts))
+        hosts = load_hosts(fleet(args).path)
     except HostsConfigError as e:
         raise CliError(str(e)) from None
     released, problems = {}, []
