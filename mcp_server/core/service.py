@@ -31,7 +31,7 @@ from .errors import ArcError
 from .file_stamp import FileStamp
 from .gpu_classes import CPU_CLASS, gpu_class
 from .models import (
-    CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
+    AttemptView, CancelResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
     JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult,
     SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
 )
@@ -119,6 +119,10 @@ class Service:
             gpu_indices=list(row.get("gpu_indices") or []), exit_code=row.get("exit_code"),
             signal=row.get("signal"), summary_metrics=row.get("summary"), triage=self._triage(row),
             last_metrics=self.history.last_metrics(row["job_id"]), attempts=int(row.get("attempts") or 0),
+            lost_attempts=[AttemptView(attempt=a["attempt"], host=a["host"], started_at=iso(a["started_at"]),
+                                       ended_at=iso(a["ended_at"]), reason=a["reason"],
+                                       gpu_seconds=round(a["gpu_seconds"], 1))
+                           for a in self.history.job_attempts([row["job_id"]]).get(row["job_id"], [])],
             time_limit_s=row.get("time_limit_s"))
 
     def _get(self, job_id: str) -> dict:
@@ -261,6 +265,7 @@ class Service:
                     "hypothesis_id": spec.hypothesis_id, "priority": spec.priority,
                     "requirements": req.model_dump(exclude_defaults=True), "submitted_by": submitted_by,
                     "primary_metric": self.primary_metric,
+                    "max_attempts": spec.max_attempts or self.research.max_attempts,
                 })
             except ArcError as e:
                 problems.append(f"job {n}: {e}")
@@ -360,7 +365,8 @@ class Service:
                 pattern = compile_user_pattern(grep, "grep pattern")
             except UserPatternError as e:
                 raise ArcError(str(e)) from None
-        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id), "max_bytes": MAX_LOG_BYTES}
+        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id, int(row.get("attempts") or 0)),
+                                  "max_bytes": MAX_LOG_BYTES}
         if offset is not None:
             params["offset"] = offset
         else:
