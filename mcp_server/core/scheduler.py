@@ -333,7 +333,7 @@ class Scheduler:
             self._settle(host, job, states.get(job["job_id"]))
         for claim in self.request(host, "claims").get("claims", []):
             if claim.get("stale") and self.our_job_id(claim.get("job_id")) is not None:
-                self._lose_stale(host, claim["job_id"], "its supervisor died (stale claim)")
+                self._lose_stale(host, claim, "its supervisor died (stale claim)")
         rt.away_since = None
         rt.ready = True
         self.history.upsert_hosts([{**host_row(rt.config, self.fleet.session(host).hello), "last_error": None}])
@@ -378,7 +378,8 @@ class Scheduler:
             self.request(host, "cancel", {"job_id": self._current_host_id(job)})
             self.history.add_event("cancel_sent", f"pending cancel sent to {host}", job_id=job_id, host=host)
 
-    def _lose_stale(self, host: str, host_job_id: str, reason: str) -> None:
+    def _lose_stale(self, host: str, claim: dict, reason: str) -> None:
+        host_job_id = claim["job_id"]
         job_id = self.our_job_id(host_job_id)
         job = self.history.get_job(job_id)
         # An earlier attempt's claim says nothing of the job now: that attempt was settled when it was lost.
@@ -389,9 +390,19 @@ class Scheduler:
         # Only once the history says lost (or queued again) is the claim released (and an orphaned job process
         # group killed).
         self.request(host, "release_stale", {"job_id": host_job_id})
+        # The inventory counted the dead claim as someone else's: its resource is free now.
+        with self._lock:
+            rt = self.hosts.get(host)
+            if rt is not None:
+                resource = claim.get("resource") or ""
+                if resource.startswith("gpu") and resource[3:].isdigit():
+                    rt.foreign.discard(int(resource[3:]))
+                rt.foreign_cpu.discard(host_job_id)
         if current:
             self._free(job_id, host)
             self._notify_terminal()
+        else:
+            self._wake.set()
 
     def _mark_host_away(self, host: str, error: str | None) -> None:
         for job in self.history.jobs(status=[JobStatus.RUNNING], host=host, limit=None):
