@@ -552,9 +552,10 @@ class Scheduler:
                 self.history.update_job(job_id, expect_status=JobStatus.DISPATCHING, status=JobStatus.UNCONFIRMED,
                                         _reason=f"{host} already has this job from an earlier launch; will ask it")
             else:
-                if e.code == "claim_conflict":
+                conflict = e.code == "claim_conflict"
+                if conflict:   # the host is fine, a GPU of it is taken: no reason to avoid it
                     self._learn_claims(host, placement.gpu_indices)
-                self._requeue(job, host, f"{e.code} on {host}: {e.message}")
+                self._requeue(job, host, f"{e.code} on {host}: {e.message}", avoid=not conflict)
             return
         except (RequestTimeout, HostUnavailable, ProtocolError) as e:
             if not getattr(e, "request_sent", True):
@@ -597,11 +598,11 @@ class Scheduler:
             rt.pushed.add(digest)
         return f"{kind}/{digest}"
 
-    def _requeue(self, job: dict, host: str, reason: str, count: bool = True) -> None:
+    def _requeue(self, job: dict, host: str, reason: str, count: bool = True, avoid: bool = True) -> None:
         """Queue again after a launch failed for the host's reasons; `count`: it used up one of the job's attempts
         (not when the request never left: then nothing happened on the host)."""
         if count:
-            if not self._retry(job, host, reason, launching=True):
+            if not self._retry(job, host, reason, launching=True, avoid=avoid):
                 attempts = int(job.get("attempts") or 0) + 1
                 self._fail_launch(job["job_id"], host, f"{reason} (gave up after {attempts} attempts)")
             return
@@ -612,7 +613,7 @@ class Scheduler:
             self._free(job["job_id"], host)
 
     def _retry(self, job: dict, host: str, reason: str, started_at: float | None = None,
-               launching: bool = False) -> bool:
+               launching: bool = False, avoid: bool = True) -> bool:
         """The infrastructure ended this attempt of the job (its host lost it, or the launch failed there): queue it
         again, away from `host`, if it has attempts left. False: it has none, or it is no longer in the status
         `job` shows; the caller then records the loss as before (its compare-and-set sees the change)."""
@@ -620,7 +621,7 @@ class Scheduler:
         if attempts >= int(job.get("max_attempts") or DEFAULT_MAX_ATTEMPTS):
             return False
         expect = list(LAUNCHING_STATUSES) if launching else job["status"]
-        if not self.history.retry_job(job["job_id"], expect, reason, started_at=started_at):
+        if not self.history.retry_job(job["job_id"], expect, reason, started_at=started_at, avoid_host=avoid):
             return False
         self._queue_stale = True
         self._free(job["job_id"], host)

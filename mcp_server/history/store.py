@@ -404,9 +404,9 @@ class History:
         return True
 
     def retry_job(self, job_id: str, expect_status: str | Sequence[str], reason: str,
-                  started_at: Any = None) -> bool:
+                  started_at: Any = None, avoid_host: bool = True) -> bool:
         """Close the job's current attempt as ended by an infrastructure failure and queue the job again, away from
-        the host that lost it (compare-and-set on `expect_status`, like update_job). The attempt keeps its host,
+        the host that lost it unless not `avoid_host` (compare-and-set on `expect_status`, like update_job). The attempt keeps its host,
         GPUs, times and reason in `attempts`; its metrics go, since the next attempt numbers its records from 0."""
         expected = {expect_status} if isinstance(expect_status, str) else set(expect_status)
         with self.transaction() as cur:
@@ -423,7 +423,7 @@ class History:
                 "gpu_class": job.get("gpu_class"), "started_at": started, "ended_at": t, "reason": reason,
                 "gpu_seconds": seconds}])
             requirements = dict(job.get("requirements") or {})
-            if job["host"]:
+            if job["host"] and avoid_host:
                 requirements["avoid_hosts"] = [job["host"]]
             cur.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
             self._set_job(cur, job_id, {
@@ -431,7 +431,7 @@ class History:
                 "gpu_class": None, "gpu_uuids": None, "launch_token": None, "started_at": None, "ended_at": None,
                 "exit_code": None, "signal": None, "log_bytes": None, "last_output_at": None, "metrics_seq": -1,
                 "requirements": requirements, "reason": f"attempt {attempt} lost: {reason}"})
-            self._add_event(cur, "status", f"{reason}; queued again (attempt {attempt + 1})", job_id=job_id,
+            self._add_event(cur, "status", f"{reason}; queued again", job_id=job_id,
                             host=job["host"], old_status=job["status"], new_status=JobStatus.QUEUED,
                             data={"attempt": attempt, "gpu_seconds_lost": seconds})
         return True
