@@ -119,3 +119,29 @@ def wait_for_path(path, timeout: float) -> bool:
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     return path.exists()
+
+
+def test_a_skypilot_style_config_with_include_and_proxy_command(fleet, tmp_path):
+    """SkyPilot's layout: the main config Includes a generated file whose `Host gpus` reaches the node through a
+    ProxyCommand. The address resolves as OpenSSH resolves it (`ssh -G`): paramiko's parser alone finds nothing."""
+    h1, h2 = fleet.host("h1"), fleet.host("h2")
+    generated = tmp_path / "sky" / "generated" / "ssh"
+    generated.mkdir(parents=True)
+    (generated / "gpus").write_text(
+        f"Host gpus\n  HostName {h2.address}\n  User root\n  IdentityFile {fleet.client_key}\n"
+        f"  ProxyCommand ssh -F /dev/null -i {fleet.client_key} -o UserKnownHostsFile={fleet.known_hosts} "
+        f"-o StrictHostKeyChecking=yes -o BatchMode=yes -W %h:%p root@{h1.address}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Include {generated}/*\n")
+    hosts = fleet.write_hosts_yaml(tmp_path / "hosts.yaml", [
+        {"name": "gpus", "known_hosts": str(fleet.known_hosts), "workdir": str(h2.workdir)}])
+    hf = load_hosts(hosts, ssh_config_path=config)
+    host = hf.get("gpus")
+    assert host.address == h2.address and f"-W {h2.address}:22 root@{h1.address}" in host.proxy_command
+    t = make_transport(hf, "gpus")
+    try:
+        assert eth0_address(t) == h2.address
+    finally:
+        t.close()
+    # The connection came through the jump: h2 saw h1's address.
+    assert h1.address in accepted_from(h2)

@@ -197,6 +197,22 @@ def test_usage_is_measured_from_gpu_seconds(history):
     assert total == 300.0
 
 
+def test_usage_counts_the_gpu_time_of_attempts_the_infrastructure_lost(history):
+    """A job retried after its host crashed ran twice: the lost attempt's GPU time was spent all the same."""
+    now = time.time()
+    job = add_job(history, "running", host="h2", gpus=(0, 1), gpu_class="H200", started=now - 50)
+    assert history.retry_job(job, "running", "h2 has no record of the job")
+    [lost] = history.job_attempts([job])[job]
+    assert (lost["host"], lost["gpu_indices"], lost["attempt"]) == ("h2", [0, 1], 1)
+    assert lost["gpu_seconds"] == pytest.approx(100, abs=2)
+    queued = history.get_job(job)
+    assert (queued["status"], queued["attempts"], queued["requirements"]["avoid_hosts"]) == ("queued", 1, ["h2"])
+    usage = measure_usage(history, Prices.build(parse_research({"budgets": {"price_per_gpu_hour": {"H200": 7.2}}}),
+                                                {"h2": 0.0}))
+    assert usage.gpu_seconds == pytest.approx(lost["gpu_seconds"])
+    assert usage.money == pytest.approx(lost["gpu_seconds"] / 3600 * 7.2)
+
+
 def test_prices_host_beats_class_and_unplaced_jobs_take_the_dearest():
     cfg = parse_research({"budgets": {"price_per_gpu_hour": {"H100": 2.0, "gpu9": 9.0}}})
     prices = Prices.build(cfg, {"gpu1": 4.0, "gpu2": 0.0, "gpu9": 1.0})

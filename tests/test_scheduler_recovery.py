@@ -64,7 +64,8 @@ def test_a_host_away_past_the_grace_has_its_jobs_marked_lost(netns_factory, arcs
     arc = arcs(tmp_path / "state", fleet.hosts_yaml)
     gates = Gates(tmp_path / "gates")
     arc.start("--lost-after", "3")
-    away, control = arc.submit([gates.spec("away", requirements={"host": "h2"}),
+    # One attempt: this is about a lost job's GPU, not its retry (tests/test_scheduler_retry.py).
+    away, control = arc.submit([gates.spec("away", max_attempts=1, requirements={"host": "h2"}),
                                 gates.spec("control", requirements={"host": "h1"})])
     wait_for(lambda: statuses(arc, [away, control]) == ["running", "running"], 60, "both jobs to run")
 
@@ -104,7 +105,8 @@ def test_jobs_of_a_host_removed_from_hosts_yaml_are_lost_not_stuck(netns_factory
     arc.start()
     [crashed] = arc.submit([{"command": ["false"], "time_limit_s": 60, "requirements": {"host": "h2"}}])
     arc.wait([crashed])
-    [orphan] = arc.submit([gates.spec("orphan", requirements={"host": "h2"})])
+    # One attempt: pinned to a host that leaves the fleet, a retry could only wait forever.
+    [orphan] = arc.submit([gates.spec("orphan", max_attempts=1, requirements={"host": "h2"})])
     wait_for(lambda: statuses(arc, [orphan]) == ["running"], 60, "the job on h2 to run")
     arc.stop()
     # The person drops h2 from the fleet: what ran there can no longer be reconciled, so it is lost, with why,

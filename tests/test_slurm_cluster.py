@@ -76,8 +76,8 @@ def test_jobs_run_inside_an_allocation_that_is_released_when_idle(slurm, arc):
 
 
 def test_a_pending_allocation_shows_its_reason(slurm, arc):
-    blockers = [slurm.run("sbatch", "--parsable", "--gres=gpu:h100:2", "--wrap", "sleep 300").strip()
-                for _ in slurm.nodes]
+    blockers = [slurm.run("sbatch", "--parsable", "--output=/dev/null", "--gres=gpu:h100:2", "--wrap",
+                          "sleep 300").strip() for _ in slurm.nodes]
     try:
         service, cluster = arc()
         service.submit_jobs([sleeper(1, requirements={"gpus": 1}, time_limit_s=60)])
@@ -101,7 +101,8 @@ def test_arc_clusters_release_cancels_what_this_state_dir_holds(slurm, arc, tmp_
     service, cluster = arc()
     job = service.submit_jobs([sleeper(120, requirements={"gpus": 1}, time_limit_s=300)]).jobs[0].job_id
     wait_for(lambda: status(service, job)["status"] == "running", 120, "the job to run in an allocation")
-    other = slurm.run("sbatch", "--parsable", "--gres=gpu:h100:1", "--wrap", "sleep 300").strip()   # not arc's
+    other = slurm.run("sbatch", "--parsable", "--output=/dev/null", "--gres=gpu:h100:1",
+                      "--wrap", "sleep 300").strip()   # not arc's
     try:
         released = subprocess.run([sys.executable, "-m", "mcp_server", "--json", "--hosts", str(tmp_path / "hosts.yaml"),
                                    "--state-dir", str(tmp_path / "state"), "clusters", "release"],

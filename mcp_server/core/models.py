@@ -15,6 +15,8 @@ from ..research.triage import Triage
 from .vocabulary import HypothesisStatus, JobStatus
 
 
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 20
 JOB_ID_RE = re.compile(r"^j[0-9]{1,9}$")
 HYP_ID_RE = re.compile(r"^h[0-9]{1,9}$")
 
@@ -39,6 +41,9 @@ class Requirements(Strict):
     label: str | None = None
     cpu_only: bool = False
     same_class_as: str | None = Field(None, description="run on the GPU class job X ran on (fair comparison)")
+    avoid_hosts: list[str] = Field(default_factory=list, description=(
+        "set by arc, not at submission: the host whose failure ended the previous attempt, avoided while another "
+        "host could run the job"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "Requirements":
@@ -69,9 +74,16 @@ class JobSpec(Strict):
     hypothesis_id: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     name: str | None = Field(None, max_length=120)
+    max_attempts: int | None = Field(
+        None, ge=1, le=MAX_ATTEMPTS_LIMIT, description="attempts when the infrastructure fails (a host lost, a "
+        "launch failed for the host's reasons); default from research.yaml, else 3. The experiment's own failure "
+        "is never retried")
 
     @model_validator(mode="after")
     def _one_workload(self) -> "JobSpec":
+        if self.requirements.avoid_hosts:
+            raise ValueError("requirements.avoid_hosts is set by arc after a host loses a job; leave it out "
+                             "(to keep a job off a host, use requirements.host or label)")
         if self.command is not None and self.config is not None:
             raise ValueError("give either config (trainer overrides) or command (argv), not both")
         if self.command is not None and not self.command:
@@ -174,6 +186,16 @@ class JobView(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
+class AttemptView(BaseModel):
+    """An earlier attempt of a job, ended by the infrastructure (its host lost, its launch failed there)."""
+    attempt: int
+    host: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    reason: str
+    gpu_seconds: float = 0.0
+
+
 class JobDetail(JobView):
     kind: str
     config: dict[str, Any] | None = None
@@ -185,7 +207,8 @@ class JobDetail(JobView):
     signal: int | None = None
     summary_metrics: dict[str, Any] | None = None
     last_metrics: dict[str, float] | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="earlier attempts that an infrastructure failure ended")
+    lost_attempts: list[AttemptView] = Field(default_factory=list, description="those attempts: host, times, why")
     time_limit_s: float | None = None
     triage: Triage | None = Field(None, description="why it failed and what to do (failed/timeout/lost jobs)")
 

@@ -96,8 +96,14 @@ def place(req: Requirements, fleet: Iterable[HostCapacity], busy_gpus: set[tuple
     `busy_gpus` holds (host, gpu index) pairs in use; `busy_cpu_slots` counts CPU slots in use per host (the host
     agent picks which slot). Policy: the fastest free GPU class first;
     among equals, the host with the fewest free matching GPUs (packs jobs, keeping whole hosts free for wide jobs);
-    then the lowest indices.
+    then the lowest indices. Hosts in `req.avoid_hosts` (one lost the job's previous attempt) are left out while
+    some other host of `fleet` could ever run the job, busy or not: the job waits for it rather than go back.
     """
+    fleet = list(fleet)
+    if req.avoid_hosts:
+        others = [h for h in fleet if h.name not in req.avoid_hosts]
+        if why_impossible(req, others) is None:
+            fleet = others
     candidates: list[tuple[tuple, Placement]] = []
     for host in fleet:
         if not _host_matches(req, host):

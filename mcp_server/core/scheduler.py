@@ -34,7 +34,7 @@ from ..history import History
 from ..research.guard import Allowance
 from ..stores.code import CodeStore
 from . import gpu_classes
-from .models import Requirements
+from .models import DEFAULT_MAX_ATTEMPTS, Requirements
 from .placement import GpuSlot, HostCapacity, Placement, place, why_impossible
 from .vocabulary import IN_FLIGHT_STATUSES, LAUNCHING_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus
 
@@ -58,7 +58,6 @@ class SchedulerSettings:
     tick_s: float = 1.0
     launch_timeout_s: float = 20.0
     request_timeout_s: float = 10.0
-    max_launch_attempts: int = 3
     live_ingest_every_s: float = 5.0
     lost_after_s: float = 600.0          # a host away longer than this: its jobs are lost
     unconfirmed_recheck_s: float = 5.0
@@ -140,14 +139,19 @@ class Scheduler:
 
     # ---- identity on the hosts -------------------------------------------------------------------------------
 
-    def host_job_id(self, job_id: str) -> str:
-        return job_id + self._suffix
+    def host_job_id(self, job_id: str, attempt: int = 0) -> str:
+        """The host's name for attempt `attempt` (0: the first) of a job: each attempt gets its own, so a retry on
+        a host that holds an earlier attempt's job directory is a new job there, not that one."""
+        return job_id + (f"_r{attempt}" if attempt else "") + self._suffix
 
     def our_job_id(self, host_job_id: str | None) -> str | None:
-        """The history's id for a host's job id, or None for a job of another history (or none)."""
+        """The history's id for a host's job id (of any attempt), or None for a job of another history (or none)."""
         if host_job_id and host_job_id.endswith(self._suffix):
-            return host_job_id[: -len(self._suffix)]
+            return host_job_id[: -len(self._suffix)].split("_r")[0]
         return None
+
+    def _current_host_id(self, job: dict) -> str:
+        return self.host_job_id(job["job_id"], int(job.get("attempts") or 0))
 
     def request(self, host: str, op: str, params: dict | None = None, timeout: float | None = None) -> Any:
         if host not in self.hosts:   # a job's host since removed from hosts.yaml, or an allocation that ended
@@ -192,6 +196,8 @@ class Scheduler:
                 self.hosts.pop(name, None)
             for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
                 reason = f"its host {name} is gone"
+                if self._retry(job, name, reason):
+                    continue
                 if self.history.update_job(job["job_id"], expect_status=job["status"], status=JobStatus.LOST,
                                            ended_at=time.time(), reason=reason, _reason=reason):
                     self._free(job["job_id"], name)
@@ -211,6 +217,8 @@ class Scheduler:
                     self._hold(job["job_id"], job["host"], job.get("gpu_indices") or [])
                 else:   # nothing will ever reconcile it
                     reason = f"its host {job['host']} is no longer in hosts.yaml"
+                    if self._retry(job, job["host"], reason):
+                        continue
                     self.history.update_job(job["job_id"], expect_status=job["status"], status=JobStatus.LOST,
                                             ended_at=time.time(), reason=reason, _reason=reason)
 
@@ -223,7 +231,8 @@ class Scheduler:
 
     def _free(self, job_id: str, host: str | None) -> None:
         with self._lock:
-            for key in [k for k, v in self._busy_gpus.items() if v == job_id]:
+            # Only on `host`: a retried job may hold GPUs elsewhere while its earlier attempt's end is reported.
+            for key in [k for k, v in self._busy_gpus.items() if v == job_id and k[0] == host]:
                 del self._busy_gpus[key]
             if host in self._busy_cpu:
                 self._busy_cpu[host].discard(job_id)
@@ -330,14 +339,13 @@ class Scheduler:
         jobs = self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=host, limit=None)
         states: dict[str, dict] = {}
         if jobs:
-            res = self.request(host, "status", {"job_ids": [self.host_job_id(j["job_id"]) for j in jobs]})
+            res = self.request(host, "status", {"job_ids": [self._current_host_id(j) for j in jobs]})
             states = {self.our_job_id(s["job_id"]): s for s in res.get("jobs", [])}
         for job in jobs:
             self._settle(host, job, states.get(job["job_id"]))
         for claim in self.request(host, "claims").get("claims", []):
-            job_id = self.our_job_id(claim.get("job_id"))
-            if claim.get("stale") and job_id is not None:
-                self._lose_stale(host, job_id, "its supervisor died (stale claim)")
+            if claim.get("stale") and self.our_job_id(claim.get("job_id")) is not None:
+                self._lose_stale(host, claim, "its supervisor died (stale claim)")
         rt.away_since = None
         rt.ready = True
         self.history.upsert_hosts([{**host_row(rt.config, self.fleet.session(host).hello), "last_error": None}])
@@ -353,7 +361,7 @@ class Scheduler:
                 # No record of the launch, but a copy of it may still be on its way through a connection we gave
                 # up on (a healed partition delivers it). Revoke it, so the host refuses it if it comes; or, if it
                 # came meanwhile, settle the job it made.
-                answer = self.request(host, "revoke_launch", {"job_id": self.host_job_id(job_id),
+                answer = self.request(host, "revoke_launch", {"job_id": self._current_host_id(job),
                                                               "launch_token": job["launch_token"]})
                 if not answer["revoked"]:
                     self._settle(host, job, answer["state"])
@@ -363,6 +371,8 @@ class Scheduler:
                                            _reason=f"launch never reached {host}; revoked there, queued again"):
                     self._queue_stale = True
                     self._free(job_id, host)
+            elif self._retry(job, host, f"{host} has no record of the job"):
+                pass
             elif self.history.update_job(job_id, expect_status=status, status=JobStatus.LOST, ended_at=time.time(),
                                          reason=f"{host} has no record of the job",
                                          _reason=f"{host} has no record of the job"):
@@ -377,18 +387,34 @@ class Scheduler:
             self.history.update_job(job_id, expect_status=status, status=JobStatus.RUNNING,
                                     _reason=f"{host} reports it running")
         if job.get("cancel_requested"):
-            self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
+            self.request(host, "cancel", {"job_id": self._current_host_id(job)})
             self.history.add_event("cancel_sent", f"pending cancel sent to {host}", job_id=job_id, host=host)
 
-    def _lose_stale(self, host: str, job_id: str, reason: str) -> None:
+    def _lose_stale(self, host: str, claim: dict, reason: str) -> None:
+        host_job_id = claim["job_id"]
+        job_id = self.our_job_id(host_job_id)
         job = self.history.get_job(job_id)
-        if job is not None and job["status"] not in TERMINAL_STATUSES:
+        # An earlier attempt's claim says nothing of the job now: that attempt was settled when it was lost.
+        current = job is not None and self._current_host_id(job) == host_job_id
+        if current and job["status"] not in TERMINAL_STATUSES and not self._retry(job, host, f"{host}: {reason}"):
             self.history.update_job(job_id, status=JobStatus.LOST, reason=reason, ended_at=time.time(),
                                     _reason=f"{host}: {reason}")
-        # Only once the history says lost is the claim released (and an orphaned job process group killed).
-        self.request(host, "release_stale", {"job_id": self.host_job_id(job_id)})
-        self._free(job_id, host)
-        self._notify_terminal()
+        # Only once the history says lost (or queued again) is the claim released (and an orphaned job process
+        # group killed).
+        self.request(host, "release_stale", {"job_id": host_job_id})
+        # The inventory counted the dead claim as someone else's: its resource is free now.
+        with self._lock:
+            rt = self.hosts.get(host)
+            if rt is not None:
+                resource = claim.get("resource") or ""
+                if resource.startswith("gpu") and resource[3:].isdigit():
+                    rt.foreign.discard(int(resource[3:]))
+                rt.foreign_cpu.discard(host_job_id)
+        if current:
+            self._free(job_id, host)
+            self._notify_terminal()
+        else:
+            self._wake.set()
 
     def _mark_host_away(self, host: str, error: str | None) -> None:
         for job in self.history.jobs(status=[JobStatus.RUNNING], host=host, limit=None):
@@ -525,7 +551,7 @@ class Scheduler:
             argv = self.job_argv(job, rt.config) if self.job_argv else list(job["argv"])
             env = {**(job.get("env") or {}), "ARC_HISTORY_JOB_ID": job_id}
             params = {
-                "job_id": self.host_job_id(job_id), "launch_token": token, "argv": argv, "env": env, "cwd": cwd,
+                "job_id": self._current_host_id(job), "launch_token": token, "argv": argv, "env": env, "cwd": cwd,
                 "gpus": list(placement.gpu_indices), "cpu_slot": not placement.gpu_indices,
                 "time_limit_s": float(job["time_limit_s"]), "kill_grace_s": self.settings.kill_grace_s,
             }
@@ -537,9 +563,10 @@ class Scheduler:
                 self.history.update_job(job_id, expect_status=JobStatus.DISPATCHING, status=JobStatus.UNCONFIRMED,
                                         _reason=f"{host} already has this job from an earlier launch; will ask it")
             else:
-                if e.code == "claim_conflict":
+                conflict = e.code == "claim_conflict"
+                if conflict:   # the host is fine, a GPU of it is taken: no reason to avoid it
                     self._learn_claims(host, placement.gpu_indices)
-                self._requeue(job, host, f"{e.code} on {host}: {e.message}")
+                self._requeue(job, host, f"{e.code} on {host}: {e.message}", avoid=not conflict)
             return
         except (RequestTimeout, HostUnavailable, ProtocolError) as e:
             if not getattr(e, "request_sent", True):
@@ -582,17 +609,34 @@ class Scheduler:
             rt.pushed.add(digest)
         return f"{kind}/{digest}"
 
-    def _requeue(self, job: dict, host: str, reason: str, count: bool = True) -> None:
-        """Queue again after an infrastructure failure; `count`: it used up one of the job's launch attempts."""
-        attempts = int(job.get("attempts") or 0) + int(count)
-        if attempts >= self.settings.max_launch_attempts:
-            self._fail_launch(job["job_id"], host, f"{reason} (gave up after {attempts} launch attempts)")
+    def _requeue(self, job: dict, host: str, reason: str, count: bool = True, avoid: bool = True) -> None:
+        """Queue again after a launch failed for the host's reasons; `count`: it used up one of the job's attempts
+        (not when the request never left: then nothing happened on the host)."""
+        if count:
+            if not self._retry(job, host, reason, launching=True, avoid=avoid):
+                attempts = int(job.get("attempts") or 0) + 1
+                self._fail_launch(job["job_id"], host, f"{reason} (gave up after {attempts} attempts)")
             return
         if self.history.update_job(job["job_id"], expect_status=list(LAUNCHING_STATUSES), status=JobStatus.QUEUED,
                                    host=None, gpu_indices=[], gpu_model=None, gpu_class=None, launch_token=None,
-                                   attempts=attempts, _reason=f"{reason}; queued again"):
+                                   _reason=f"{reason}; queued again"):
             self._queue_stale = True
             self._free(job["job_id"], host)
+
+    def _retry(self, job: dict, host: str, reason: str, started_at: float | None = None,
+               launching: bool = False, avoid: bool = True) -> bool:
+        """The infrastructure ended this attempt of the job (its host lost it, or the launch failed there): queue it
+        again, away from `host`, if it has attempts left. False: it has none, or it is no longer in the status
+        `job` shows; the caller then records the loss as before (its compare-and-set sees the change)."""
+        attempts = int(job.get("attempts") or 0) + 1
+        if attempts >= int(job.get("max_attempts") or DEFAULT_MAX_ATTEMPTS):
+            return False
+        expect = list(LAUNCHING_STATUSES) if launching else job["status"]
+        if not self.history.retry_job(job["job_id"], expect, reason, started_at=started_at, avoid_host=avoid):
+            return False
+        self._queue_stale = True
+        self._free(job["job_id"], host)
+        return True
 
     def _fail_launch(self, job_id: str, host: str, reason: str) -> None:
         self.history.update_job(job_id, expect_status=list(LAUNCHING_STATUSES), status=JobStatus.FAILED,
@@ -608,14 +652,30 @@ class Scheduler:
                                 status=JobStatus.RUNNING, started_at=state.get("started_at"), _reason="process started")
 
     def _ingest(self, host: str, job_id: str, state: dict | None = None) -> None:
-        """Copy new metric records and the job's state from the host into the history (idempotent)."""
-        host_id = self.host_job_id(job_id)
+        """Copy new metric records and the job's state from the host into the history (idempotent). A job the host
+        reports lost (its supervisor died: the host crashed) is queued again while it has attempts left."""
         self._after_dispatch()
+        job = self.history.get_job(job_id)
+        if job is None:
+            return
+        host_id = self._current_host_id(job)
+        if state and state.get("job_id") not in (None, host_id):
+            log.info("%s: %s is an earlier attempt of %s; its end is not this attempt's", host, state["job_id"], job_id)
+            return
         if not state:
             found = self.request(host, "status", {"job_ids": [host_id]}).get("jobs", [])
             if not found:
                 return
             state = found[0]
+        if state.get("status") == "lost" and job["status"] in IN_FLIGHT_STATUSES and job["host"] == host:
+            if self._retry(job, host, f"{host}: {state.get('reason') or 'its supervisor died'}",
+                           started_at=state.get("started_at")):
+                # The history has queued it again: only now may the host free the claim and kill what is left.
+                try:
+                    self.request(host, "release_stale", {"job_id": host_id})
+                except AgentError as e:
+                    log.info("%s: release of %s's stale claim refused: %s", host, host_id, e)
+                return
         seq = self.history.metrics_high_water(job_id)
         records: list[dict] = []
         while True:
@@ -658,7 +718,7 @@ class Scheduler:
         host = job["host"]
         self.history.update_job(job_id, cancel_requested=True)
         try:
-            self.request(host, "cancel", {"job_id": self.host_job_id(job_id)})
+            self.request(host, "cancel", {"job_id": self._current_host_id(job)})
         except AgentError as e:
             if e.code == "unknown_job" and status in LAUNCHING_STATUSES:
                 return "raced"   # the launch is still on its way; the reconcile sends the pending cancel
@@ -694,6 +754,8 @@ class Scheduler:
             if rt.away_since is None or now - rt.away_since < self.settings.lost_after_s:
                 continue
             for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
+                if self._retry(job, name, f"{name} unreachable for more than {self.settings.lost_after_s:.0f} s"):
+                    continue
                 if self.history.update_job(
                         job["job_id"], expect_status=job["status"], status=JobStatus.LOST, ended_at=now,
                         reason=f"{name} unreachable for more than {self.settings.lost_after_s:.0f} s",
@@ -709,7 +771,7 @@ class Scheduler:
 
     def _confirm(self, job: dict) -> None:
         host = job["host"]
-        found = self.request(host, "status", {"job_ids": [self.host_job_id(job["job_id"])]}).get("jobs", [])
+        found = self.request(host, "status", {"job_ids": [self._current_host_id(job)]}).get("jobs", [])
         current = self.history.get_job(job["job_id"])
         if current is not None and current["status"] == JobStatus.UNCONFIRMED:
             self._settle(host, current, found[0] if found else None)

@@ -31,9 +31,9 @@ from .errors import ArcError
 from .file_stamp import FileStamp
 from .gpu_classes import CPU_CLASS, gpu_class
 from .models import (
-    CancelResult, Digest, GpuClassCount, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
-    JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, SqlResult, SubmitResult,
-    SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
+    AttemptView, CancelResult, Digest, GpuClassCount, GpuList, GpuView, HistorySchema, HostView, HypothesisList,
+    HypothesisResult, JobDetail, JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements,
+    SqlResult, SubmitResult, SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
@@ -43,6 +43,7 @@ from .vocabulary import (
     ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
     HypothesisStatus, JobStatus,
 )
+
 
 log = logging.getLogger("arc.service")
 
@@ -151,6 +152,10 @@ class Service:
             gpu_indices=list(row.get("gpu_indices") or []), exit_code=row.get("exit_code"),
             signal=row.get("signal"), summary_metrics=row.get("summary"), triage=self._triage(row),
             last_metrics=self.history.last_metrics(row["job_id"]), attempts=int(row.get("attempts") or 0),
+            lost_attempts=[AttemptView(attempt=a["attempt"], host=a["host"], started_at=iso(a["started_at"]),
+                                       ended_at=iso(a["ended_at"]), reason=a["reason"],
+                                       gpu_seconds=round(a["gpu_seconds"], 1))
+                           for a in self.history.job_attempts([row["job_id"]]).get(row["job_id"], [])],
             time_limit_s=row.get("time_limit_s"))
 
     def _get(self, job_id: str) -> dict:
@@ -340,6 +345,7 @@ class Service:
                     "hypothesis_id": spec.hypothesis_id, "priority": spec.priority,
                     "requirements": req.model_dump(exclude_defaults=True), "submitted_by": submitted_by,
                     "primary_metric": self.primary_metric,
+                    "max_attempts": spec.max_attempts or self.research.max_attempts,
                 })
             except ArcError as e:
                 problems.append(f"job {n}: {e}")
@@ -440,7 +446,7 @@ class Service:
             except UserPatternError as e:
                 raise ArcError(str(e)) from None
         # A grep searches a longer stretch than an answer holds; its hits are then held to the answer's budget.
-        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id),
+        params: dict[str, Any] = {"job_id": self.scheduler.host_job_id(job_id, int(row.get("attempts") or 0)),
                                   "max_bytes": LOG_TEXT_BUDGET if pattern is None else MAX_LOG_BYTES}
         if offset is not None:
             params["offset"] = offset

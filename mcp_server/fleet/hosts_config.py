@@ -21,8 +21,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import getpass
+import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,8 @@ DEFAULT_WORKDIR = "~/.arc"
 DEFAULT_REMOTE_PYTHON = "python3"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODULE_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
+log = logging.getLogger("arc.fleet")
+
 TOP_LEVEL_KEYS = ("hosts", "clusters", "defaults", "ssh_config")
 SSH_ONLY_FIELDS = ("address", "port", "user", "identity_file", "proxy_jump", "known_hosts", "host_key_policy")
 
@@ -231,6 +236,7 @@ class HostConfig(BaseModel):
     user: str | None = None
     identity_file: tuple[str, ...] = ()
     proxy_jump: str | None = None
+    proxy_command: str | None = None    # from the ssh config (SkyPilot writes one): the socket is this command's stdio
     known_hosts: str = ""
     host_key_policy: Literal["verify", "trust-on-first-use"] = "verify"
     workdir: str = DEFAULT_WORKDIR      # as the host's shell sees it; "~" expands on the host
@@ -262,6 +268,7 @@ class SshEndpoint:
     identity_files: tuple[str, ...]
     known_hosts: str
     host_key_policy: str
+    proxy_command: str | None = None
 
 
 class HostsFile(BaseModel):
@@ -432,7 +439,7 @@ class _Loader:
                              "point ssh_config at an existing file or remove the key")
             return _SshConfig(None, paramiko.SSHConfig())
         try:
-            return _SshConfig(path, paramiko.SSHConfig.from_path(str(path)))
+            return _SshConfig(path, paramiko.SSHConfig.from_path(str(path)), shutil.which("ssh"))
         except Exception as e:  # paramiko raises a mix of types for a bad config
             self.problem(("ssh_config",), None, "ssh_config", f"cannot parse {path}: {e}",
                          "fix that ssh config file")
@@ -498,11 +505,13 @@ class _Loader:
         port = entry.port if entry.port is not None else _int_or(looked_up.get("port"), 22)
         identity = entry.identity_file if entry.identity_file is not None else looked_up.get("identityfile", [])
         jump = entry.proxy_jump if entry.proxy_jump is not None else looked_up.get("proxyjump")
+        proxy_command = looked_up.get("proxycommand") if entry.proxy_jump is None else None
         return HostConfig(
             name=entry.name, transport="ssh", address=looked_up.get("hostname", alias), port=port,
             user=entry.user or looked_up.get("user") or getpass.getuser(),
             identity_file=tuple(str(self._path(p)) for p in identity),
             proxy_jump=None if jump in (None, "none") else jump,
+            proxy_command=None if proxy_command in (None, "none") else proxy_command,
             known_hosts=str(self._path(entry.known_hosts or DEFAULT_KNOWN_HOSTS)),
             host_key_policy=entry.host_key_policy or "verify",
             workdir=entry.workdir or DEFAULT_WORKDIR,
@@ -563,17 +572,60 @@ class _Loader:
 
 @dataclass
 class _SshConfig:
+    """Host aliases resolved as OpenSSH resolves them: `ssh -G` prints the effective config, so Include, Match and
+    ProxyCommand work (paramiko 5.1's parser hands Include back as a plain key: an included host resolves to
+    nothing). Without an `ssh` client, paramiko's parser, with a note in the log."""
     path: Path | None
     config: paramiko.SSHConfig
+    ssh: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ssh is None and self.path is not None:
+            log.warning("no ssh client found: %s is read with paramiko's parser, which ignores Include, Match and "
+                        "ProxyCommand; install openssh-client for OpenSSH's own resolution", self.path)
 
     def lookup(self, alias: str) -> dict[str, Any]:
-        return dict(self.config.lookup(alias))
+        if self.ssh is None or self.path is None:
+            return dict(self.config.lookup(alias))
+        return _ssh_g(self.ssh, self.path, alias)
 
     def knows(self, alias: str) -> bool:
-        """True when a Host pattern other than '*' matches `alias` (then ssh can reach it by that name)."""
+        """True when the config says something of `alias` (then ssh can reach it by that name)."""
+        if self.ssh is not None and self.path is not None:
+            found = self.lookup(alias)
+            return found.get("hostname", alias) != alias or "proxycommand" in found or "proxyjump" in found
         found = self.config.lookup(alias)
         return found.get("hostname", alias) != alias or any(
             p != "*" and _glob_match(p, alias) for p in self.config.get_hostnames())
+
+
+_OPENSSH_DEFAULT_KEYS = frozenset(os.path.expanduser(f"~/.ssh/{n}") for n in (
+    "id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa"))
+
+
+def _ssh_g(ssh: str, path: Path, alias: str) -> dict[str, Any]:
+    """`ssh -G`'s effective config for `alias`, keyed like paramiko's lookup. OpenSSH's default identity files are
+    left out unless they exist: ssh -G lists them whether they exist or not."""
+    try:
+        out = subprocess.run([ssh, "-G", "-F", str(path), alias], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (subprocess.SubprocessError, OSError) as e:
+        raise HostsConfigError([f"ssh_config: `ssh -G {alias}` failed on {path}: "
+                                f"{getattr(e, 'stderr', None) or e}; fix that ssh config file"]) from None
+    found: dict[str, Any] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "identityfile":
+            expanded = os.path.expanduser(value)
+            if expanded not in _OPENSSH_DEFAULT_KEYS or os.path.exists(expanded):
+                found.setdefault(key, []).append(expanded)
+        elif key in ("hostname", "user", "port", "proxyjump", "proxycommand", "userknownhostsfile"):
+            found[key] = value
+    if "proxycommand" in found:   # ssh expands these tokens when it runs the command; so must we
+        tokens = {"%h": found.get("hostname", alias), "%p": found.get("port", "22"), "%r": found.get("user", ""),
+                  "%n": alias, "%%": "%"}
+        found["proxycommand"] = re.sub(r"%[hprn%]", lambda m: tokens[m.group(0)], found["proxycommand"])
+    return found
 
 
 # ---- ProxyJump routes ------------------------------------------------------------------------------------
@@ -588,7 +640,7 @@ def _route(hosts: HostsFile, host: HostConfig, seen: tuple[str, ...]) -> list[Ss
             hops.extend(_jump_hops(hosts, host, spec, seen + (host.name,)))
     assert host.address is not None
     hops.append(SshEndpoint(f"host {host.name!r}", host.address, host.port, host.user or getpass.getuser(),
-                            host.identity_file, host.known_hosts, host.host_key_policy))
+                            host.identity_file, host.known_hosts, host.host_key_policy, host.proxy_command))
     return hops
 
 

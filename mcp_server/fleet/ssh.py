@@ -159,6 +159,12 @@ class SshTransport(Transport):
             except paramiko.SSHException as e:
                 raise HostUnavailable(self.name, f"{self._who(hop)}jump to {where} got no answer within "
                                                  f"{timeout:g}s ({e})") from None
+        if hop.proxy_command:   # the ssh config's ProxyCommand (SkyPilot's, say): its stdio is the connection
+            try:
+                return paramiko.ProxyCommand(hop.proxy_command)
+            except paramiko.SSHException as e:
+                raise HostUnavailable(self.name, f"{self._who(hop)}ProxyCommand {hop.proxy_command!r} failed: {e}; "
+                                                 f"fix: the command in the ssh config") from None
         try:
             return socket.create_connection(target, timeout=left)
         except socket.gaierror as e:

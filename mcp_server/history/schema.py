@@ -325,11 +325,46 @@ def _v4(cur: duckdb.DuckDBPyConnection) -> None:
     cur.execute("ALTER TABLE hosts DROP COLUMN torch")
 
 
+def _v5(cur: duckdb.DuckDBPyConnection) -> None:
+    """Infrastructure losses are retried (core/scheduler.py): each job carries its limit, and every attempt that an
+    infrastructure failure ended stays on record, with the GPU time it cost."""
+    cur.execute("ALTER TABLE jobs ADD COLUMN max_attempts INTEGER")
+    cur.execute("""
+        CREATE TABLE attempts (
+            job_id VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            host VARCHAR,
+            gpu_indices INTEGER[],
+            gpu_class VARCHAR,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ NOT NULL,
+            reason VARCHAR NOT NULL,
+            gpu_seconds DOUBLE NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        )""")
+    comment(cur, "jobs", "one row per submitted job: spec, placement, status, result", {
+        "max_attempts": "attempts allowed for infrastructure failures (lost host, failed launch); NULL: 3",
+        "attempts": "attempts an infrastructure failure ended so far (each one a row of `attempts`)"})
+    comment(cur, "attempts", "earlier attempts of a job: each one ended by an infrastructure failure, after which "
+            "the job was queued again; the job's own row is its latest attempt", {
+                "job_id": "the job",
+                "attempt": "1 for the first attempt",
+                "host": "where it was placed",
+                "gpu_indices": "GPU indices it held there",
+                "gpu_class": "GPU class it held",
+                "started_at": "when its process started (NULL: it never started, e.g. a failed launch)",
+                "ended_at": "when arc found it lost",
+                "reason": "what the infrastructure did, e.g. its host has no record of the job",
+                "gpu_seconds": "GPU time it spent for nothing: (ended_at - started_at) x GPUs (0 when never started)",
+            })
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "jobs, metrics, events, hosts, gpus, hypotheses; runs and hypothesis_jobs views", _v1),
     Migration(2, "approvals (research checkpoints)", _v2),
     Migration(3, "meta: the history's own id", _v3),
     Migration(4, "hosts: drop torch, which nothing writes", _v4),
+    Migration(5, "jobs.max_attempts; attempts (infrastructure retries)", _v5),
 ]
 
 

@@ -116,7 +116,7 @@ class History:
             table: dict(self._con.execute(
                 "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
                 "ORDER BY column_index", [table]).fetchall())
-            for table in ("jobs", "metrics", "events", "hosts", "gpus", "hypotheses")}
+            for table in ("jobs", "metrics", "events", "hosts", "gpus", "hypotheses", "attempts")}
 
     # ---- connection, transactions, change tracking ----------------------------------------------------------
 
@@ -402,6 +402,47 @@ class History:
                 self._add_event(cur, "status", _reason, job_id=job_id, host=fields.get("host", host),
                                 data=_event, old_status=old_status, new_status=fields["status"])
         return True
+
+    def retry_job(self, job_id: str, expect_status: str | Sequence[str], reason: str,
+                  started_at: Any = None, avoid_host: bool = True) -> bool:
+        """Close the job's current attempt as ended by an infrastructure failure and queue the job again, away from
+        the host that lost it unless not `avoid_host` (compare-and-set on `expect_status`, like update_job). The attempt keeps its host,
+        GPUs, times and reason in `attempts`; its metrics go, since the next attempt numbers its records from 0."""
+        expected = {expect_status} if isinstance(expect_status, str) else set(expect_status)
+        with self.transaction() as cur:
+            rows = self._rows(cur.execute("SELECT * FROM jobs WHERE job_num = ?", [_job_num(job_id)]))
+            if not rows or rows[0]["status"] not in expected:
+                return False
+            job, t = rows[0], now()
+            started = utc(started_at) if started_at is not None else job.get("started_at")
+            gpus = list(job.get("gpu_indices") or [])
+            seconds = max(0.0, (t - started).total_seconds()) * len(gpus) if started is not None else 0.0
+            attempt = int(job["attempts"]) + 1
+            self._insert(cur, "attempts", [{
+                "job_id": job_id, "attempt": attempt, "host": job["host"], "gpu_indices": gpus,
+                "gpu_class": job.get("gpu_class"), "started_at": started, "ended_at": t, "reason": reason,
+                "gpu_seconds": seconds}])
+            requirements = dict(job.get("requirements") or {})
+            if job["host"] and avoid_host:
+                requirements["avoid_hosts"] = [job["host"]]
+            cur.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
+            self._set_job(cur, job_id, {
+                "status": JobStatus.QUEUED, "attempts": attempt, "host": None, "gpu_indices": [], "gpu_model": None,
+                "gpu_class": None, "gpu_uuids": None, "launch_token": None, "started_at": None, "ended_at": None,
+                "exit_code": None, "signal": None, "log_bytes": None, "last_output_at": None, "metrics_seq": -1,
+                "requirements": requirements, "reason": f"attempt {attempt} lost: {reason}"})
+            self._add_event(cur, "status", f"{reason}; queued again", job_id=job_id,
+                            host=job["host"], old_status=job["status"], new_status=JobStatus.QUEUED,
+                            data={"attempt": attempt, "gpu_seconds_lost": seconds})
+        return True
+
+    def job_attempts(self, job_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The earlier attempts of each job, in order (jobs with none are left out)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self._query("SELECT * FROM attempts WHERE job_id IN (SELECT unnest(?)) ORDER BY job_id, attempt",
+                               [list(job_ids)]):
+            out.setdefault(row["job_id"], []).append(row)
+        return out
 
     def _set_job(self, cur: duckdb.DuckDBPyConnection, job_id: str, fields: Mapping[str, Any]) -> None:
         fields = {**fields, "updated_at": now()}

@@ -16,6 +16,7 @@ hard_limit_s: 1200                 # the largest time_limit_s any job may ask
 budgets: {gpu_hours: 16, money: 400, price_per_gpu_hour: {H100: 2.5, gpu7: 3.0}}   # keys: GPU class or host
 checkpoint: {every_experiments: 20, every_hours: 4}    # pause for a person's `arc approve`
 max_gpus: 4                        # GPUs the campaign may hold at once
+max_attempts: 3                    # attempts per job when the infrastructure fails it (lost host, failed launch)
 command_policy: {mode: trainer_only}   # or allowlist (with allow:) or any
 noise: {seeds: 3, alpha: 0.05}
 hangs: {silent_after_s: 600, kill: false}
@@ -175,6 +176,9 @@ class ResearchConfig(_Strict):
     budgets: Budgets = Field(default_factory=Budgets)
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     max_gpus: int | None = Field(None, ge=1)
+    # Attempts per job when the infrastructure fails it (a job's own `max_attempts` wins); research/config.py
+    # cannot import core.models, so the bound is repeated there.
+    max_attempts: int = Field(3, ge=1, le=20)
     command_policy: CommandPolicy = Field(default_factory=CommandPolicy)
     noise: Noise = Field(default_factory=Noise)
     hangs: Hangs = Field(default_factory=Hangs)

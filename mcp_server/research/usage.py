@@ -1,7 +1,8 @@
 """What the campaign has spent and has committed to spend: GPU-seconds and money, from the history.
 
 Spent is measured, not estimated: `jobs.gpu_seconds` of every ended job (or its ended - started × GPUs when the host
-never reported it, e.g. a lost job) plus the elapsed time × GPUs of every job still running. Committed is the
+never reported it, e.g. a lost job), plus the elapsed time × GPUs of every job still running, plus the GPU time of
+attempts the infrastructure lost (`attempts`: the job ran again, but those hours were spent). Committed is the
 estimate for jobs that hold or wait for GPUs: the rest of each one's time budget (its time limit when it has no
 budget). Money is GPU-hours × the price of the host or GPU class the job ran on.
 """
@@ -96,6 +97,11 @@ def measure_usage(history: History, prices: Prices, now: float | None = None) ->
             SELECT host, gpu_class, sum(coalesce(gpu_seconds,
                        greatest(0, epoch(ended_at) - epoch(started_at)) * coalesce(len(gpu_indices), 0), 0))
             FROM jobs WHERE status IN ({sql_list(TERMINAL_STATUSES)}) GROUP BY ALL""").fetchall():
+        spent += gpu_seconds
+        money += gpu_seconds / 3600 * prices.per_gpu_hour(host, gpu_class)
+    # Attempts the infrastructure lost were paid for all the same.
+    for host, gpu_class, gpu_seconds in cur.execute(
+            "SELECT host, gpu_class, sum(gpu_seconds) FROM attempts GROUP BY ALL").fetchall():
         spent += gpu_seconds
         money += gpu_seconds / 3600 * prices.per_gpu_hour(host, gpu_class)
     # Placed jobs one by one (few: at most one per GPU or CPU slot); waiting ones by kind (there may be many).
