@@ -71,8 +71,7 @@ def test_events_for_own_launches(agent):
     state = end["state"]
     assert state["status"] == "succeeded" and state["metrics_count"] == 1
     assert agent.call("claims")["claims"] == []         # the GPU is free by the time the event says so
-    assert started_at <= ended_at
-    assert ended_at - state["ended_at"] < 1.0           # pushed, not polled late (the figure is in bench/)
+    assert started_at <= ended_at                       # how soon it comes is bench/agent_launch.py's "exit → event"
     assert [e["event"] for _, e in agent.events] == ["job_started", "job_ended"]
 
 

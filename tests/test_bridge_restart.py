@@ -45,7 +45,8 @@ def source_path() -> dict[str, str]:
 
 async def kill_while_holding(daemon: DaemonClient, call):
     """Freeze the daemon, make `call` (it reaches the frozen daemon), kill the daemon: `call`'s answer."""
-    pid = daemon.info()["pid"]
+    info = daemon.info()
+    pid = info["pid"]
     os.kill(pid, signal.SIGSTOP)
     answer = {}
 
@@ -54,10 +55,22 @@ async def kill_while_holding(daemon: DaemonClient, call):
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(make_call)
-        await anyio.sleep(1.0)
+        await reaches(info["socket"])
         assert not answer, "the frozen daemon answered"
         os.kill(pid, signal.SIGKILL)
     return answer["result"]
+
+
+async def reaches(socket_path: str, hang_guard_s: float = 60) -> None:
+    """Until a connection waits in the daemon's accept queue: the bridge has handed the call to the daemon (it
+    connects per message and writes the request at once), which, frozen, cannot take it."""
+    with anyio.fail_after(hang_guard_s):
+        while True:
+            listening = subprocess.run(["ss", "-xlnH", "src", socket_path], capture_output=True, text=True,
+                                       check=True).stdout.split()
+            if int(listening[2]) > 0:                       # Recv-Q of a listening socket: connections not accepted
+                return
+            await anyio.sleep(0.02)
 
 
 async def test_the_bridge_outlives_its_daemon(tmp_path, local_hosts_yaml):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -87,10 +86,8 @@ def test_wrong_private_key_is_an_auth_failure(fleet, tmp_path):
     key = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     t = transport_for(fleet, tmp_path, identity_file=str(key))
-    start = time.monotonic()
-    with pytest.raises(AuthFailed) as info:
+    with pytest.raises(AuthFailed) as info:       # sshd's refusal itself, not a deadline (that is HostUnavailable)
         t.connect()
-    assert time.monotonic() - start < 5
     message = str(info.value)
     assert f"authentication refused for root@{fleet.host('h1').address}:22" in message
     assert f"offered: {key}" in message and "authorized_keys" in message
@@ -103,11 +100,10 @@ def test_missing_identity_file_is_named(fleet, tmp_path):
 
 
 def test_closed_port_is_refused_at_once(fleet, tmp_path):
-    t = transport_for(fleet, tmp_path, port=2222)
-    start = time.monotonic()
+    # The kernel's RST, not the (hour-long) connect deadline, ends the attempt: nothing else says "refused".
+    t = transport_for(fleet, tmp_path, port=2222, connect_timeout=3600)
     with pytest.raises(HostUnavailable, match=r"connection refused at 10\.77\.\d+\.11:2222 \(nothing listens"):
         t.connect()
-    assert time.monotonic() - start < 1
 
 
 def test_stopped_sshd_refuses_new_connections_but_open_ones_keep_working(netns_factory, tmp_path):
@@ -126,40 +122,42 @@ def test_stopped_sshd_refuses_new_connections_but_open_ones_keep_working(netns_f
     t.close()
 
 
-def test_vanished_host_fails_within_the_deadline_and_others_are_unaffected(fleet, tmp_path):
+@pytest.mark.timeout(120)     # a hang guard only: the deadlines below are 5 s and 2 s, a hang would be minutes
+def test_vanished_host_fails_at_its_deadline_and_others_are_unaffected(fleet, tmp_path):
     gone = transport_for(fleet, tmp_path, "h1")
     other = transport_for(fleet, tmp_path, "h2")
     gone.connect()
     other.connect()
     fleet.link_down("h1")
     try:
-        timings: dict[str, float] = {}
         errors: dict[str, Exception] = {}
+        finished: list[str] = []           # the order the calls returned in
 
         def call(name, t, timeout):
-            start = time.monotonic()
             try:
                 t.run("true", timeout=timeout)
             except Exception as e:  # recorded for the assertions below
                 errors[name] = e
-            timings[name] = time.monotonic() - start
+            finished.append(name)
 
-        threads = [threading.Thread(target=call, args=("h1", gone, 2.0))]
-        threads += [threading.Thread(target=call, args=(f"h2-{i}", other, 10.0)) for i in range(3)]
-        for th in threads:
+        # 5 s leaves the others' three quick calls room to finish first even on a loaded machine
+        lost = threading.Thread(target=call, args=("h1", gone, 5.0))
+        lost.start()
+        # The other host's calls go through while the lost host's call is still waiting on its deadline.
+        others = [threading.Thread(target=call, args=(f"h2-{i}", other, 60.0)) for i in range(3)]
+        for th in others:
             th.start()
-        for th in threads:
+        for th in others:
             th.join()
-        assert isinstance(errors.pop("h1"), HostUnavailable)
-        assert 1.9 < timings["h1"] < 3.0
+        lost.join()
+        failure = errors.pop("h1")
+        assert isinstance(failure, HostUnavailable) and "within 5s" in str(failure)
         assert errors == {}
-        assert max(v for k, v in timings.items() if k != "h1") < 2.0
+        assert finished[-1] == "h1" and sorted(finished[:-1]) == ["h2-0", "h2-1", "h2-2"]
         # a fresh connection to the vanished host also gives up at its deadline, with the reason
-        start = time.monotonic()
         with pytest.raises(HostUnavailable, match=r"no answer from 10\.77\.\d+\.11:22 within 2s \(host down, "
                                                   r"link cut"):
             transport_for(fleet, tmp_path, "h1", connect_timeout=2.0).connect()
-        assert time.monotonic() - start < 3.0
     finally:
         fleet.link_up("h1")
     assert gone.run("echo back", timeout=10).text == "back\n"   # reconnects on the next call

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mcp_server.fleet import HostUnavailable, make_transport
+from mcp_server.fleet import HostKeyChanged, HostKeyUnknown, HostUnavailable, make_transport
 from mcp_server.fleet.hosts_config import load_hosts
 
 
@@ -145,3 +145,86 @@ def test_a_skypilot_style_config_with_include_and_proxy_command(fleet, tmp_path)
         t.close()
     # The connection came through the jump: h2 saw h1's address.
     assert h1.address in accepted_from(h2)
+
+
+def connections_to(host) -> int:
+    """Every TCP connection the host's sshd accepted, authenticated or not."""
+    return host.log.read_text().count("Connection from ")
+
+
+def fingerprint(host) -> str:
+    return subprocess.run(["ssh-keygen", "-lf", str(host.host_key.with_suffix(".pub"))], capture_output=True,
+                          text=True, check=True).stdout.split()[1]
+
+
+def test_unknown_jump_host_key_is_refused_naming_the_hop_before_the_target_is_reached(fleet, tmp_path):
+    h1, h2 = fleet.host("h1"), fleet.host("h2")
+    jump_known = tmp_path / "jump_known_hosts"
+    jump_known.write_text("")
+    hosts = fleet.write_hosts_yaml(tmp_path / "hosts.yaml", [fleet.host_entry("h1", known_hosts=str(jump_known)),
+                                                             fleet.host_entry("h2", proxy_jump="h1")])
+    before = connections_to(h2)
+    t = make_transport(load_hosts(hosts), "h2", connect_timeout=10)
+    with pytest.raises(HostKeyUnknown) as info:
+        t.connect()
+    message = str(info.value)
+    assert message.startswith(f"host 'h2': jump host 'h1': unknown host key for {h1.address}: "
+                              f"ssh-ed25519 {fingerprint(h1)} is not in {jump_known}")
+    assert "\n" not in message
+    assert connections_to(h2) == before                      # nothing went past the unverified hop
+    assert jump_known.read_text() == ""
+    fix = re.search(r"then run: (ssh-keyscan [^;]+);", message).group(1)
+    subprocess.run(fix, shell=True, check=True, capture_output=True)
+    try:
+        assert eth0_address(t) == h2.address
+        assert accepted_from(h2)[-1] == h1.address
+    finally:
+        t.close()
+
+
+def test_unknown_key_of_the_host_behind_a_jump_gives_the_jump_route_as_the_fix(fleet, tmp_path):
+    h1, h2 = fleet.host("h1"), fleet.host("h2")
+    inner_known = tmp_path / "inner_known_hosts"
+    inner_known.write_text("")
+    hosts = fleet.write_hosts_yaml(tmp_path / "hosts.yaml", [
+        fleet.host_entry("h1"), fleet.host_entry("h2", proxy_jump="h1", known_hosts=str(inner_known))])
+    before = accepted_from(h2)
+    t = make_transport(load_hosts(hosts), "h2", connect_timeout=10)
+    with pytest.raises(HostKeyUnknown) as info:
+        t.connect()
+    message = str(info.value)
+    assert message.startswith(f"host 'h2': unknown host key for {h2.address}: ssh-ed25519 {fingerprint(h2)}")
+    # ssh-keyscan from here cannot reach a host that needs a jump: the fix goes through the same route
+    assert (f"then run: ssh -o UserKnownHostsFile={inner_known} -J root@{h1.address}:22 -p 22 root@{h2.address} "
+            f"true") in message
+    assert accepted_from(h2) == before and inner_known.read_text() == ""
+
+
+def test_changed_jump_host_key_is_refused_naming_the_hop_even_under_trust_on_first_use(netns_factory, tmp_path):
+    fleet = netns_factory(2)
+    h1, h2 = fleet.host("h1"), fleet.host("h2")
+    known = tmp_path / "known_hosts"
+    known.write_text(fleet.known_hosts.read_text())
+    old = fingerprint(h1)
+    fleet.new_host_key("h1")
+    before = connections_to(h2)
+    for policy in ("verify", "trust-on-first-use"):
+        hosts = fleet.write_hosts_yaml(tmp_path / f"hosts-{policy}.yaml", [
+            fleet.host_entry("h1", known_hosts=str(known), host_key_policy=policy),
+            fleet.host_entry("h2", known_hosts=str(known), proxy_jump="h1")])
+        t = make_transport(load_hosts(hosts), "h2", connect_timeout=10)
+        with pytest.raises(HostKeyChanged) as info:
+            t.connect()
+        message = str(info.value)
+        assert message.startswith(f"host 'h2': jump host 'h1': HOST KEY CHANGED for {h1.address}: {known} line ")
+        assert f"records ssh-ed25519 {old}, the host offered ssh-ed25519 {fingerprint(h1)}" in message
+        assert f"`ssh-keygen -f {known} -R '{h1.address}'`" in message
+    assert connections_to(h2) == before
+    assert known.read_text() == fleet.known_hosts.read_text()   # nothing rewritten
+    subprocess.run(["ssh-keygen", "-f", str(known), "-R", h1.address], check=True, capture_output=True)
+    subprocess.run(f"ssh-keyscan -p 22 -H {h1.address} >> {known}", shell=True, check=True, capture_output=True)
+    t = make_transport(load_hosts(tmp_path / "hosts-verify.yaml"), "h2", connect_timeout=10)
+    try:
+        assert eth0_address(t) == h2.address
+    finally:
+        t.close()

@@ -5,14 +5,13 @@ its command (noise, rerun, compare, diff, suggest, verdicts with a comparison)."
 from __future__ import annotations
 
 import getpass
-import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from mcp_server.surfaces.demo import prepare_data
-from tests.daemon_support import Arc, metric_job
+from tests.daemon_support import Arc, metric_job, wait_for
 
 
 TINY_DATA = ["--max-bytes", "100000", "--vocab-size", "300", "--val-fraction", "0.2"]
@@ -39,7 +38,8 @@ def test_a_checkpoint_holds_dispatch_until_arc_approve(tmp_path, local_hosts_yam
     try:
         ids = arc.submit([metric_job(tag) for tag in range(4)])
         assert all(d["status"] == "succeeded" for d in arc.wait(ids[:3]).values())
-        time.sleep(3)                                       # several dispatch rounds: the fourth must wait
+        # the round that looked at the fourth job with three experiments done records the hold; it must wait
+        wait_for(lambda: arc.sql("SELECT count(*) FROM events WHERE kind = 'paused'") == [[1]], 60, "the hold")
         assert arc.jobs([ids[3]])[ids[3]]["status"] == "queued"
         status = arc.cli_json("research", "status")
         assert status["paused"] == "paused for review: 3 experiments since the campaign started (checkpoint every 3)"

@@ -202,7 +202,11 @@ def test_cpu_slots_held_outside_this_history_make_a_cpu_job_wait_not_fail(run):
         assert intruder.returncode == 0, intruder.stdout + intruder.stderr
     [job] = arc.submit([gates.spec("cpu-waiter", requirements={"cpu_only": True})])
     wait_for(lambda: arc.jobs([job])[job]["attempts"] == 1, 30, "the launch to meet the held slots")
-    time.sleep(2)                                    # many dispatch rounds: it must wait, not burn its attempts
+    # Later GPU jobs queued behind it run and end: every dispatch round that placed one looked at the waiter
+    # first (the queue is in submission order) and had a free GPU host's chance to relaunch it; it must wait,
+    # not burn its attempts.
+    probes = arc.submit([{"command": ["true"], "time_limit_s": 60} for _ in range(3)])
+    assert {d["status"] for d in arc.wait(probes).values()} == {"succeeded"}
     detail = arc.jobs([job])[job]
     assert (detail["status"], detail["attempts"]) == ("queued", 1), detail
     gates.open("cpu-intruder-1")                     # one slot frees: the job takes it

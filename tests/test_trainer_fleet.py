@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from mcp_server.stores.datasets import prepare_dataset
+from tests.daemon_support import host_job_dir
 
 
 SMALL_DATA = ["--max-bytes", "400000", "--vocab-size", "512"]
@@ -28,12 +30,19 @@ def test_trainer_job_on_an_ssh_host_lands_its_val_bpb_in_duckdb(tmp_path, netns_
         f"WHERE job_id = '{job}'")
     assert host == "h2" and data == data_hash
     assert 0 < val_bpb < 20 and steps == 12
-    # The job ran the snapshot the controller pushed: the trainer printed the same code hash's content.
-    assert (arc.paths.snapshots_dir / code_hash / "trainer" / "train.py").exists()
+    # The job ran the snapshot the controller pushed: the host holds the same files under the snapshot's hash,
+    # and the agent launched the trainer from there (its spec as the host recorded it).
+    workdir = netns_hosts.host("h2").workdir
+    ours, theirs = arc.paths.snapshots_dir / code_hash, workdir / "code" / code_hash
+    assert sorted(p.relative_to(ours) for p in ours.rglob("*.py")) == \
+        sorted(p.relative_to(theirs) for p in theirs.rglob("*.py")) != []
+    assert all((theirs / p.relative_to(ours)).read_bytes() == p.read_bytes() for p in ours.rglob("*.py"))
+    spec = json.loads((host_job_dir(workdir, job, arc.history_id()) / "spec.json").read_text())
+    assert Path(spec["cwd"]) in (theirs, Path("code") / code_hash), spec["cwd"]
+    assert spec["argv"][1:3] == ["-m", "trainer.train"], spec["argv"]
     [(points,)] = arc.sql(f"SELECT count(*) FROM metrics WHERE job_id = '{job}' AND name = 'train_loss'")
     assert points >= 3
     # The dataset lives on the host under its content hash, pushed once.
-    workdir = netns_hosts.host("h2").workdir
     assert (workdir / "data" / data_hash).is_dir()
 
 

@@ -200,7 +200,7 @@ class SshTransport(Transport):
         try:
             with self._lock:
                 t = self._connected(max(0.05, deadline - time.monotonic()))
-            return self._open_session(t, max(0.05, deadline - time.monotonic()))
+            return self._open_session(t, max(0.05, deadline - time.monotonic()), timeout)
         except BaseException:
             self._slots.release()
             raise
@@ -209,9 +209,10 @@ class SshTransport(Transport):
         chan.close()
         self._slots.release()
 
-    def _open_session(self, t: paramiko.Transport, timeout: float) -> paramiko.Channel:
+    def _open_session(self, t: paramiko.Transport, left: float, timeout: float) -> paramiko.Channel:
+        """`left` is what remains of the caller's `timeout`; the error names the deadline the caller gave."""
         try:
-            return t.open_session(timeout=timeout)
+            return t.open_session(timeout=left)
         except paramiko.ChannelException as e:
             raise HostUnavailable(self.name, f"sshd refused a new channel ({e.text or e}); at most MaxSessions "
                                              f"(default 10) channels may be open at once") from None
