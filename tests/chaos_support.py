@@ -77,11 +77,16 @@ class ChaosRun:
 def prepare(fleet: NetnsFleet, plan: ChaosPlan) -> Path:
     """Before the daemon starts: the last host's workdir becomes a small tmpfs (the disk that will fill), and a
     research.yaml with a GPU-hour budget sits beside the fleet file. Returns the mount point (unmount it after)."""
-    disk = fleet.hosts[-1].workdir
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "arc-chaos-disk", str(disk)], check=True)
+    host = fleet.hosts[-1]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "arc-chaos-disk", str(host.workdir)],
+                   check=True)
+    # `ip netns exec` gave the running sshd a copy of the mount table without the tmpfs: its sessions (the agent,
+    # the jobs) would write beneath it. A new sshd sees it.
+    fleet.stop_sshd(host.name)
+    fleet.start_sshd(host.name)
     (fleet.hosts_yaml.parent / "research.yaml").write_text(
         f"budgets: {{gpu_hours: {plan.budget_gpu_hours}}}\ncommand_policy: {{mode: any}}\n")
-    return disk
+    return host.workdir
 
 
 def unmount(disk: Path) -> None:
