@@ -472,28 +472,42 @@ class Scheduler:
             return 0
         chosen: list[tuple[dict, Placement]] = []
         taken = 0
-        for job in self._queue:
-            if allowed.jobs is not None and len(chosen) >= allowed.jobs:
-                break
-            req = Requirements.model_validate(job.get("requirements") or {})
-            if allowed.gpus is not None and taken + req.gpus > allowed.gpus:
-                continue
-            if req.same_class_as:
-                ref = self.history.get_job(req.same_class_as)
-                if ref is None or not ref.get("gpu_class"):
-                    continue   # wait until the reference job has been placed
-                req = req.model_copy(update={"gpu_class": ref["gpu_class"], "same_class_as": None})
-            with self._lock:
-                busy_gpus = set(self._busy_gpus) | {(name, i) for name, rt in self.hosts.items() for i in rt.foreign}
-                busy_cpu = {h: len(s) + len(self.hosts[h].foreign_cpu) for h, s in self._busy_cpu.items()}
+        # A round only takes resources, never frees them (frees wake the next round), so requirements that found
+        # no place stay placeless for the rest of it: each distinct one is tried once, not once per queued job
+        # (10,000 queued jobs on a full fleet made every round cost a second).
+        no_place: set[tuple[str, float]] = set()
+        expiring = any(e is not None for e in ends.values())
+        with self._lock:
+            busy_gpus = set(self._busy_gpus) | {(name, i) for name, rt in self.hosts.items() for i in rt.foreign}
+            busy_cpu = {h: len(s) + len(self.hosts[h].foreign_cpu) for h, s in self._busy_cpu.items()}
+            for job in self._queue:
+                if allowed.jobs is not None and len(chosen) >= allowed.jobs:
+                    break
+                raw = job.get("requirements") or {}
                 # A host that goes away before the job's time limit (an allocation's end) cannot take it.
-                fits = [c for c in ready if ends[c.name] is None or ends[c.name] - now >= float(job["time_limit_s"])]
+                limit = float(job["time_limit_s"])
+                key = (repr(sorted(raw.items())), limit if expiring else 0.0)
+                if key in no_place:
+                    continue
+                req = Requirements.model_validate(raw)
+                if allowed.gpus is not None and taken + req.gpus > allowed.gpus:
+                    continue
+                if req.same_class_as:
+                    ref = self.history.get_job(req.same_class_as)
+                    if ref is None or not ref.get("gpu_class"):
+                        continue   # wait until the reference job has been placed
+                    req = req.model_copy(update={"gpu_class": ref["gpu_class"], "same_class_as": None})
+                fits = [c for c in ready if ends[c.name] is None or ends[c.name] - now >= limit]
                 placement = place(req, fits, busy_gpus, busy_cpu)
                 if placement is None:
+                    no_place.add(key)
                     continue
                 self._hold(job["job_id"], placement.host, list(placement.gpu_indices))   # reserved for the round
-            chosen.append((job, placement))
-            taken += len(placement.gpu_indices)
+                busy_gpus |= {(placement.host, i) for i in placement.gpu_indices}
+                if not placement.gpu_indices:
+                    busy_cpu[placement.host] = busy_cpu.get(placement.host, 0) + 1
+                chosen.append((job, placement))
+                taken += len(placement.gpu_indices)
         if not chosen:
             return 0
         launches = self._write_intents(chosen)
@@ -525,8 +539,9 @@ class Scheduler:
             self._queue_stale = True
             raise
         placed = {job["job_id"] for job, _, _ in launches}
+        taken = {id(job) for job, _ in chosen}
+        self._queue = [job for job in self._queue if id(job) not in taken]
         for job, placement in chosen:
-            self._queue.remove(job)
             if job["job_id"] not in placed:   # no longer queued (cancelled): the queue read is out of date
                 self._queue_stale = True
                 self._free(job["job_id"], placement.host)

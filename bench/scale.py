@@ -1,0 +1,199 @@
+"""Scale: 64 `local`-transport hosts x 8 simulated GPUs (512 GPUs) on one machine.
+
+Four figures, each a median of --runs:
+- daemon start: `arc daemon start` of a fresh state dir on the 64-host fleet until every host is connected
+  (one agent process per host: on two cores this is mostly 64 Python interpreters starting);
+- a wave: 512 jobs submitted at once (three submit calls) on the idle fleet; from the first submit call to the last
+  job's process start, read from the hosts' own state.json files (goal: every GPU busy within 2 s);
+- a dispatch round with 10,000 queued jobs while every GPU is busy (what each job's end costs the scheduler), and
+  with one GPU free: Scheduler.dispatch_once itself, in-process on a real history file with the queue re-read from
+  DuckDB as after every change (goal <= 10 ms); the launch of the one placed job is not part of the round;
+- daemon memory: RSS of the daemon every --mem-step jobs while --mem-jobs short jobs run through it (flat?).
+
+    python bench/scale.py [--hosts 64] [--gpus 8] [--runs 3] [--queued 10000] [--mem-jobs 10000] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mcp_server.core.paths import StatePaths  # noqa: E402
+from mcp_server.daemon.client import DaemonClient  # noqa: E402
+from tests.scale_support import busy_scheduler, fleet_yaml  # noqa: E402
+
+BATCH = 200      # the service's limit per submit call
+
+
+def start_daemon(state: Path, hosts_yaml: Path) -> tuple[DaemonClient, float]:
+    client = DaemonClient(StatePaths.resolve(state))
+    t = time.monotonic()
+    client.ensure(hosts_yaml)
+    while not all(h["reachable"] for h in client.call("list_gpus", limit=100)["hosts"]):
+        if time.monotonic() - t > 300:
+            raise SystemExit("the hosts did not all connect in 300 s")
+        time.sleep(0.05)
+    return client, time.monotonic() - t
+
+
+def submit(client: DaemonClient, spec: dict, n: int) -> list[str]:
+    ids: list[str] = []
+    for lo in range(0, n, BATCH):
+        ids += [j["job_id"] for j in client.call("submit_jobs", jobs=[spec] * min(BATCH, n - lo))["jobs"]]
+    return ids
+
+
+def wait_all(client: DaemonClient, ids: list[str]) -> None:
+    for lo in range(0, len(ids), 200):
+        client.call("wait_for_jobs", timeout=1300, job_ids=ids[lo:lo + 200], mode="all", timeout_s=1200)
+
+
+def history_id(client: DaemonClient) -> str:
+    return client.call("query_results", sql="SELECT value FROM meta WHERE key = 'history_id'")["rows"][0][0]
+
+
+def wave(client: DaemonClient, root: Path, hosts: int, gpus: int, seconds: float) -> dict[str, float]:
+    """512 jobs at once on the idle fleet: submit -> every process started."""
+    hid = history_id(client)
+    t0 = time.time()
+    ids = submit(client, {"command": ["sleep", f"{seconds:g}"], "time_limit_s": seconds + 120}, hosts * gpus)
+    submitted = time.time()
+    starts = []
+    for job_id in ids:
+        for i in range(hosts):
+            state = root / f"w{i}" / "jobs" / f"{job_id}-{hid}" / "state.json"
+            if state.exists():
+                starts.append(json.loads(state.read_text()).get("started_at"))
+                break
+    wait_all(client, ids)
+    missing = [j for j, s in zip(ids, starts) if s is None]
+    if len(starts) < len(ids) or missing:   # read again once all ran: state.json exists for every job by now
+        starts = []
+        for job_id in ids:
+            for i in range(hosts):
+                state = root / f"w{i}" / "jobs" / f"{job_id}-{hid}" / "state.json"
+                if state.exists():
+                    starts.append(json.loads(state.read_text())["started_at"])
+                    break
+    return {"submit calls s": submitted - t0, "submit -> first start s": min(starts) - t0,
+            "submit -> every GPU busy s": max(starts) - t0}
+
+
+def dispatch_rounds(root: Path, hosts: int, gpus: int, queued: int, rounds: int) -> dict[str, float]:
+    """Scheduler.dispatch_once on a real history with `queued` jobs waiting: every GPU busy, then one free."""
+    sched, _ = busy_scheduler(root, hosts, gpus, queued)
+    history = sched.history
+
+    def timed(stale: bool) -> float:
+        sched._queue_stale = stale
+        t = time.perf_counter()
+        sched.dispatch_once()
+        return (time.perf_counter() - t) * 1000
+
+    out = {}
+    full = [timed(True) for _ in range(rounds)]
+    out["round, all GPUs busy, queue re-read ms"] = statistics.median(full)
+    out["round, all GPUs busy, queue cached ms"] = statistics.median(timed(False) for _ in range(rounds))
+    one_free = []
+    for _ in range(rounds):
+        for key in [key for key, v in sched._busy_gpus.items() if not v.startswith("running-")]:
+            del sched._busy_gpus[key]          # the previous round's placement ends
+        sched._busy_gpus.pop(("n00", 0), None)
+        one_free.append(timed(True))
+    out["round, one GPU free, queue re-read ms"] = statistics.median(one_free)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(rounds):
+        timed(True)
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(12)
+    out["profile"] = text.getvalue()
+    history.close()
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(client: DaemonClient, jobs: int, step: int) -> list[tuple[int, float]]:
+    pid = client.info()["pid"]
+    samples = [(0, rss_mb(pid))]
+    done = 0
+    while done < jobs:
+        n = min(step, jobs - done)
+        wait_all(client, submit(client, {"command": ["true"], "time_limit_s": 60}, n))
+        done += n
+        samples.append((done, rss_mb(pid)))
+        print(f"  memory: {done} jobs, RSS {samples[-1][1]:.1f} MB", flush=True)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--queued", type=int, default=10_000)
+    parser.add_argument("--wave-seconds", type=float, default=10.0)
+    parser.add_argument("--mem-jobs", type=int, default=10_000)
+    parser.add_argument("--mem-step", type=int, default=1000)
+    parser.add_argument("--only", choices=["dispatch", "start", "wave", "memory"], action="append")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    only = set(args.only or ["dispatch", "start", "wave", "memory"])
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"{args.hosts} hosts x {args.gpus} GPUs", flush=True)
+    results: dict = {"load": load}
+    with tempfile.TemporaryDirectory(prefix="arc-scale-bench-") as tmp:
+        tmp = Path(tmp)
+        if "dispatch" in only:
+            d = dispatch_rounds(tmp / "dispatch", args.hosts, args.gpus, args.queued, max(5, args.runs))
+            print(d.pop("profile"))
+            results["dispatch"] = d
+            for k, v in d.items():
+                print(f"  {k:<44} {v:8.2f}", flush=True)
+        if only & {"start", "wave", "memory"}:
+            root = tmp / "fleet"
+            hosts_yaml = fleet_yaml(root, args.hosts, args.gpus)
+            starts, waves = [], []
+            for run in range(args.runs if only & {"start", "wave"} else 1):
+                client, took = start_daemon(tmp / f"state{run}", hosts_yaml)
+                starts.append(took)
+                print(f"run {run + 1}: daemon start {took:.2f} s", flush=True)
+                try:
+                    if "wave" in only:
+                        waves.append(wave(client, root, args.hosts, args.gpus, args.wave_seconds))
+                        print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in waves[-1].items()),
+                              flush=True)
+                    if "memory" in only and run == 0:
+                        results["memory"] = memory(client, args.mem_jobs, args.mem_step)
+                finally:
+                    client.stop()
+            results["daemon start s"] = statistics.median(starts)
+            print(f"daemon start: median {results['daemon start s']:.2f} s of {starts}")
+            if waves:
+                results["wave"] = {k: statistics.median(w[k] for w in waves) for k in waves[0]}
+                print("wave medians: " + ", ".join(f"{k} {v:.2f}" for k, v in results["wave"].items()))
+    results["load end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
