@@ -92,14 +92,17 @@ async def test_list_gpus_and_unknown_host(client):
     assert "no host 'nope'" in error_text(await client.call_tool("list_gpus", {"host": "nope"}))
 
 
-async def test_submit_wait_status_and_log_with_shell_metacharacters(client):
+async def test_submit_wait_status_and_log_with_shell_metacharacters(client, tmp_path):
     hostile = "; rm -rf / $(id) `whoami` | cat /etc/passwd > x && echo pwned"
-    spec = {"command": [sys.executable, "-c", "import sys; print(sys.argv[1:])", hostile, "'quoted'"],
+    gate = tmp_path / "gate"      # the job ends only once the wait has reported progress, so that report must come
+    code = "import os, sys, time\nprint(sys.argv[2:], flush=True)\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)"
+    spec = {"command": [sys.executable, "-c", code, str(gate), hostile, "'quoted'"],
             "tags": ["meta"], "name": "argv check"}
     progress: list[tuple] = []
 
     async def on_progress(done, total, message):
         progress.append((done, total, message))
+        gate.touch()
 
     submitted = data(await client.call_tool("submit_jobs", {"jobs": [spec]}))
     job_id = submitted["jobs"][0]["job_id"]

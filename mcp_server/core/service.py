@@ -362,14 +362,10 @@ class Service:
         self.history.insert_jobs(rows)
         self.scheduler.wake()
         time.sleep(0.05)   # let the dispatcher place what fits now, so the answer can say where
-        queued = [j["job_id"] for j in self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc",
-                                                           limit=None)]
-        out = []
-        for job_id in ids:
-            row = self.history.get_job(job_id)
-            out.append(SubmittedJob(job_id=job_id, status=row["status"], host=row.get("host"),
-                                    gpu_class=row.get("gpu_class"),
-                                    queue_position=queued.index(job_id) + 1 if job_id in queued else None))
+        positions = self.history.queue_positions(ids)
+        out = [SubmittedJob(job_id=row["job_id"], status=row["status"], host=row.get("host"),
+                            gpu_class=row.get("gpu_class"), queue_position=positions.get(row["job_id"]))
+               for row in self.history.get_jobs(ids)]
         placed = sum(1 for j in out if j.host)
         span = ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
         return SubmitResult(

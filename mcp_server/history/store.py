@@ -333,6 +333,15 @@ class History:
                                                      [list(job_ids)])}
         return [rows[j] for j in job_ids if j in rows]
 
+    def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Where each of `job_ids` that is queued stands in the dispatch order (1 = next), in one query."""
+        if not job_ids:
+            return {}
+        rows = self._query(
+            "SELECT job_id, pos FROM (SELECT job_id, row_number() OVER (ORDER BY priority DESC, job_num ASC) AS pos "
+            "FROM jobs WHERE status = ?) WHERE job_id IN (SELECT unnest(?))", [JobStatus.QUEUED, list(job_ids)])
+        return {r["job_id"]: int(r["pos"]) for r in rows}
+
     def _job_filter(self, status: str | Sequence[str] | None, host: str | None, tag: str | None,
                     hypothesis: str | None, since: Any) -> tuple[str, list[Any]]:
         clauses, params = ["TRUE"], []
