@@ -95,7 +95,8 @@ async def test_list_gpus_and_unknown_host(client):
 async def test_submit_wait_status_and_log_with_shell_metacharacters(client, tmp_path):
     hostile = "; rm -rf / $(id) `whoami` | cat /etc/passwd > x && echo pwned"
     gate = tmp_path / "gate"      # the job ends only once the wait has reported progress, so that report must come
-    code = "import os, sys, time\nprint(sys.argv[2:], flush=True)\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)"
+    code = ("import os, sys, time\nprint(sys.argv[2:], flush=True)\n"
+            "while not os.path.exists(sys.argv[1]): time.sleep(0.05)")
     spec = {"command": [sys.executable, "-c", code, str(gate), hostile, "'quoted'"],
             "tags": ["meta"], "name": "argv check"}
     progress: list[tuple] = []
