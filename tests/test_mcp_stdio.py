@@ -92,9 +92,9 @@ async def test_every_tool_over_stdio_on_ssh_hosts(arc_env, netns_hosts, tmp_path
         hyp = data(await c.call_tool("append_hypothesis", {"text": "0.9 beats 1.0", "jobs": [better]}))
         hyp_id = hyp["hypothesis"]["hyp_id"]
         data(await c.call_tool("wait_for_jobs", {"job_ids": [base, better], "mode": "all", "timeout_s": 60}))
-        data(await c.call_tool("update_hypothesis", {"hyp_id": hyp_id, "status": "supported",
+        data(await c.call_tool("update_hypothesis", {"hyp_id": hyp_id, "status": "inconclusive",
                                                      "verdict": "H100: 0.9 vs 1.0", "effect_size": -0.1}))
-        assert data(await c.call_tool("list_hypotheses", {}))["hypotheses"][0]["status"] == "supported"
+        assert data(await c.call_tool("list_hypotheses", {}))["hypotheses"][0]["status"] == "inconclusive"
         board = data(await c.call_tool("leaderboard", {}))
         assert board["classes"][0]["best"][0]["job_id"] == better
         assert data(await c.call_tool("digest", {"since": "1h"}))["succeeded"] >= 3

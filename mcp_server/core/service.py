@@ -782,6 +782,7 @@ class Service:
         see it. Otherwise it is recorded `inconclusive` and the answer says what would settle it (more seeds via
         rerun_job). Also: abandoned; a one-line verdict (the claim); add_jobs links more jobs."""
         refused = None
+        hypotheses.require(self.history, hyp_id)
         if status in DECIDED_HYPOTHESIS_STATUSES and compare is None:
             raise ArcError(f"marking {hyp_id} {status} needs compare={{a: the baseline's runs, b: the hypothesis's "
                            "runs}}: a verdict must hold to the data. Without a comparison, mark it inconclusive or "

@@ -34,6 +34,15 @@ def _check_id(hyp_id: str) -> None:
         raise ArcError(f"'{hyp_id}' is not a hypothesis id; they look like h3 (see list_hypotheses)")
 
 
+def require(history: History, hyp_id: str) -> dict[str, Any]:
+    """The hypothesis, or a refusal that says how to find the ids."""
+    _check_id(hyp_id)
+    row = history.get_hypothesis(hyp_id)
+    if row is None:
+        raise ArcError(f"unknown hypothesis {hyp_id!r}: list_hypotheses shows the ids")
+    return row
+
+
 def _check_jobs(job_ids: list[str] | None) -> list[str]:
     try:
         return [check_job_id(j) for j in job_ids or []]
