@@ -164,7 +164,7 @@ async def test_campaign_keeps_discards_confirms_and_a_fresh_session_resumes_from
     assert any(line.startswith("discard ") for line in digest["decisions"])
 
     chart = await client.call_tool("plot_runs", {"kind": "lineage"})
-    assert image(chart).mimeType == "image/png"
+    assert image(chart).mime_type == "image/png"
     assert plot_summary(chart).startswith("lineage: ") and f"{h100}: 5 runs, 1 kept, 0 failed" in plot_summary(chart)
 
 
