@@ -152,7 +152,7 @@ async def test_campaign_keeps_discards_confirms_and_a_fresh_session_resumes_from
     lines = {line.split(":")[0]: line for line in status["lineage"]}
     assert lines[h100].startswith(f"{h100}: {'+'.join(base)} ") and f"-> {'+'.join(longer)} " in lines[h100]
     assert any(line.startswith(f"discard {'+'.join(worse)} on {h100}") for line in status["last_decisions"])
-    assert f"incumbents: {h100}: {'+'.join(longer)}" in status["summary"]
+    assert f"; incumbents: {h100}: {'+'.join(longer)}" in status["summary"]
 
     board = data(await client.call_tool("leaderboard", {"gpu_class": h100}))
     (steps,) = [c["lineage"] for c in board["classes"]]

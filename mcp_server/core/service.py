@@ -503,7 +503,7 @@ class Service:
         memory = (f"incumbents: {'; '.join(incumbent_line(i, self.primary_metric) for i in best)}" if best
                   else "no incumbent yet (run a baseline per GPU class)") + f"; {len(open_hyps)} open hypothes" + (
             "is" if len(open_hyps) == 1 else "es")
-        return ResearchStatus(**{**status.model_dump(), "summary": f"{memory}; {status.summary}"}, incumbents=best,
+        return ResearchStatus(**{**status.model_dump(), "summary": f"{status.summary}; {memory}"}, incumbents=best,
                               lineage=[lineage_line(i.gpu_class, lineage(self.history, self.primary_metric,
                                                                          i.gpu_class)) for i in best],
                               open_hypotheses=open_hyps,
