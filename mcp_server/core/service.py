@@ -35,10 +35,9 @@ from .errors import ArcError
 from .file_stamp import FileStamp
 from .gpu_classes import CPU_CLASS, gpu_class
 from .models import (
-    CancelResult, ConfirmResult, DecisionResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList, HypothesisResult, JobDetail,
-    JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements, ResearchStatus, SqlResult,
-    SubmitResult,
-    SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
+    CancelResult, ConfirmResult, DecisionResult, Digest, GpuList, GpuView, HistorySchema, HostView, HypothesisList,
+    HypothesisResult, JobDetail, JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements,
+    ResearchStatus, SqlResult, SubmitResult, SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths

@@ -135,7 +135,7 @@ def leaderboard(history: History, metric: str, direction: str = "min", gpu_class
     for cls, board in boards.items():
         board.lineage = lineage(history, metric, cls)
         board.confounded = sorted(f"{j} {why}" for j, why in (slow or {}).items()
-                                  if history.get_job(j) and (history.get_job(j).get("gpu_class") or CPU_CLASS) == cls)
+                                  if ((history.get_job(j) or {}).get("gpu_class") or CPU_CLASS) == cls)
     classes = list(boards.values())
     if not classes:
         scope = f" in class {gpu_class}" if gpu_class else ""

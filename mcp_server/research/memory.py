@@ -34,7 +34,8 @@ def ok_runs_sql(extra: str = "") -> str:
 
 def _baseline(history: History, metric: str, cls: str) -> Incumbent | None:
     rows = history.cursor().execute(f"""
-        SELECT job_id, v, config, code_hash, argv, ended_at, time_budget_s FROM ({ok_runs_sql("AND coalesce(gpu_class, 'cpu') = ?")})
+        SELECT job_id, v, config, code_hash, argv, ended_at, time_budget_s
+        FROM ({ok_runs_sql("AND coalesce(gpu_class, 'cpu') = ?")})
         ORDER BY is_baseline DESC, job_num""", [metric, cls]).fetchall()
     if not rows:
         return None
