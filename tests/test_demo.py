@@ -40,7 +40,7 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
                               capture_output=True, text=True, timeout=600, env=env)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-5000:]
-        for png in ("curves.png", "best.png"):
+        for png in ("curves.png", "best.png", "lineage.png"):
             assert (state / png).read_bytes().startswith(b"\x89PNG"), png
             assert str(state / png) in out.replace("\n", "")
         flat = " ".join(out.split())                     # rich wraps long lines
@@ -52,6 +52,12 @@ def test_demo_runs_a_campaign_and_leaves_it_in_the_history(tmp_path):
         # The suggestion wave and the significance statements.
         assert "suggest_configs → 3 TPE suggestion(s) inside the search space, learned from 6 finished" in flat
         assert "Welch, 2 vs 2 runs on cpu" in flat and "vs 1 runs on cpu" in flat and " noise (" in flat
+        # The memory: one run against two seeds is inconclusive; the confirmed change is kept or discarded, the
+        # worst discarded, and the lineage comes back from research_status.
+        assert "inconclusive (supported refused: too few runs" in flat or \
+            "inconclusive (refuted refused: too few runs" in flat
+        assert ("keep_run → keep recorded" in flat or "discard_run → discard recorded" in flat) and \
+            "discard_run → discard recorded" in flat and "plot_runs → lineage: cpu: " in flat
         assert not daemon.running()                      # the demo stops the daemon it started
         assert not list(empty.iterdir())                 # it wrote nothing into the folder it ran from
 

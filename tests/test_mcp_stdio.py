@@ -104,9 +104,9 @@ async def test_every_tool_over_stdio_on_ssh_hosts(arc_env, netns_hosts, tmp_path
         hyp = data(await call("append_hypothesis", {"text": "0.9 beats 1.0", "jobs": [better]}))
         hyp_id = hyp["hypothesis"]["hyp_id"]
         data(await call("wait_for_jobs", {"job_ids": [base, better], "mode": "all", "timeout_s": 60}))
-        data(await call("update_hypothesis", {"hyp_id": hyp_id, "status": "supported",
+        data(await call("update_hypothesis", {"hyp_id": hyp_id, "status": "inconclusive",
                                                      "verdict": "H100: 0.9 vs 1.0", "effect_size": -0.1}))
-        assert data(await call("list_hypotheses", {}))["hypotheses"][0]["status"] == "supported"
+        assert data(await call("list_hypotheses", {}))["hypotheses"][0]["status"] == "inconclusive"
         board = data(await call("leaderboard", {}))
         assert board["classes"][0]["best"][0]["job_id"] == better
         assert data(await call("digest", {"since": "1h"}))["succeeded"] >= 3

@@ -26,7 +26,8 @@ EXPECTED_TOOLS = {
     "tail_log": True, "wait_for_jobs": True, "query_results": True, "describe_history": True,
     "append_hypothesis": False, "update_hypothesis": False, "list_hypotheses": True, "leaderboard": True,
     "digest": True, "plot_runs": True, "research_status": True, "suggest_configs": True, "compare_runs": True,
-    "measure_noise": False, "diff_jobs": True, "rerun_job": False,
+    "measure_noise": False, "diff_jobs": True, "rerun_job": False, "keep_run": False, "discard_run": False,
+    "confirm_runs": False,
 }
 
 
@@ -216,9 +217,9 @@ async def test_hypotheses_leaderboard_digest_and_plots(client):
     better, worse = await run_jobs(client, metric_job(0.90, hypothesis_id=hyp_id, tags=["lb"]),
                                    metric_job(1.10, hypothesis_id=hyp_id, tags=["lb"]))
     judged = data(await client.call_tool("update_hypothesis", {
-        "hyp_id": hyp_id, "status": "supported", "verdict": "H100: 0.90 vs 1.00", "effect_size": -0.1}))
+        "hyp_id": hyp_id, "status": "inconclusive", "verdict": "H100: 0.90 vs 1.00", "effect_size": -0.1}))
     assert judged["hypothesis"]["jobs"] == [better["job_id"], worse["job_id"]]
-    listed = data(await client.call_tool("list_hypotheses", {"status": "supported"}))
+    listed = data(await client.call_tool("list_hypotheses", {"status": "inconclusive"}))
     assert hyp_id in [x["hyp_id"] for x in listed["hypotheses"]]
 
     board = data(await client.call_tool("leaderboard", {"top": 50}))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..research.guard import GuardStatus
 from ..research.triage import Triage
 from .vocabulary import HypothesisStatus, JobStatus
 
@@ -78,6 +79,9 @@ class JobSpec(Strict):
         None, ge=1, le=MAX_ATTEMPTS_LIMIT, description="attempts when the infrastructure fails (a host lost, a "
         "launch failed for the host's reasons); default from research.yaml, else 3. The experiment's own failure "
         "is never retried")
+    base: Literal["incumbent"] | None = Field(
+        None, description="'incumbent': start from the job's GPU class's current best (its config, preset, code and "
+                          "time budget); this job's config keys, preset, code and budget apply on top")
 
     @model_validator(mode="after")
     def _one_workload(self) -> "JobSpec":
@@ -88,6 +92,8 @@ class JobSpec(Strict):
             raise ValueError("give either config (trainer overrides) or command (argv), not both")
         if self.command is not None and not self.command:
             raise ValueError("command must be a non-empty argv list, e.g. ['python', 'run.py', '--lr', '0.1']")
+        if self.base is not None and self.command is not None:
+            raise ValueError("base='incumbent' builds on a trainer config; a command job states its own argv")
         if self.hypothesis_id is not None and not HYP_ID_RE.match(self.hypothesis_id):
             raise ValueError(f"'{self.hypothesis_id}' is not a hypothesis id; they look like h3")
         return self
@@ -288,6 +294,16 @@ class RunEntry(BaseModel):
     significant: bool | None = None
 
 
+class LineageStep(BaseModel):
+    """One link of a class's chain: the baseline, then each kept change."""
+    job_ids: list[str]
+    metric: float = Field(description="mean of the primary metric over job_ids")
+    gain: float | None = Field(None, description="metric minus its predecessor's (None for the baseline)")
+    significance: str | None = Field(None, description="the comparison the keep rested on")
+    since: str | None = None
+    why: str
+
+
 class ClassBoard(BaseModel):
     gpu_class: str
     runs: int = Field(description="succeeded runs with a metric in this class")
@@ -296,6 +312,8 @@ class ClassBoard(BaseModel):
     baseline_runs: int = Field(1, description="runs of the baseline's code and config (its seeds)")
     noise_sigma: float | None = Field(None, description="seed-to-seed spread measured by measure_noise here")
     best: list[RunEntry]
+    lineage: list[LineageStep] = Field(default_factory=list, description="baseline -> kept change 1 -> ...")
+    confounded: list[str] = Field(default_factory=list, description="runs whose throughput was off the class's")
 
 
 class Leaderboard(Result):
@@ -318,6 +336,8 @@ class Digest(Result):
     significance: list[str] = Field(default_factory=list, description="per GPU class: the best against its baseline")
     health: list[str] = Field(default_factory=list, description="search-health warnings")
     guardrails: str | None = Field(None, description="budget, checkpoint and the last approval note")
+    incumbents: list[str] = Field(default_factory=list, description="per GPU class: the current best")
+    decisions: list[str] = Field(default_factory=list, description="the last keep/discard decisions")
 
 
 class Plot(Result):
@@ -342,6 +362,52 @@ class HistorySchema(Result):
     relations: list[Relation]
     examples: list[SqlExample]
     notes: list[str]
+
+
+# ---- the campaign's memory: incumbents, decisions -----------------------------------------------------------
+
+class Incumbent(BaseModel):
+    """A GPU class's current best: what the next change builds on (submit_jobs with base='incumbent')."""
+    gpu_class: str
+    job_ids: list[str] = Field(description="the runs behind it (its seeds or confirmation runs)")
+    metric: float = Field(description="mean primary metric over job_ids")
+    config: dict[str, Any] = Field(default_factory=dict, description="trainer overrides, preset included")
+    code_hash: str | None = None
+    time_budget_s: float | None = None
+    since: str | None = Field(None, description="when it became current")
+    why: str = Field(description="'baseline', or the keep decision's reason")
+    decision_id: int | None = None
+
+
+class Decision(BaseModel):
+    decision_id: int
+    kind: str
+    gpu_class: str
+    job_ids: list[str]
+    against: list[str]
+    diff: float | None = None
+    comparison: str
+    reason: str
+    decided_by: str | None = None
+    hypothesis_id: str | None = None
+    t: str | None = None
+
+
+class DecisionResult(Result):
+    decision: Decision
+    incumbent: Incumbent = Field(description="the class's incumbent after this decision")
+
+
+class ConfirmResult(SubmitResult):
+    linked: dict[str, list[str]] = Field(description="original job -> its confirmation runs (the incumbent's too)")
+
+
+class ResearchStatus(GuardStatus):
+    """The guardrails plus the campaign's memory: everything a fresh session needs to resume."""
+    incumbents: list[Incumbent] = Field(default_factory=list)
+    lineage: list[str] = Field(default_factory=list, description="per class: baseline -> kept change 1 -> ...")
+    open_hypotheses: list[str] = Field(default_factory=list)
+    last_decisions: list[str] = Field(default_factory=list)
 
 
 class Suggestions(Result):

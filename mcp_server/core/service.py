@@ -22,7 +22,10 @@ from ..history import History, SnapshotWriter, UserSqlError, run_user_sql
 from ..research import (
     NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, HangWatch, JobDiff, NoiseFloor, ResearchConfig,
     ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hypotheses, insights, job_times, load_research,
-    noise_floors, suggest_configs, triage, warm_trials,
+    judge, noise_floors, suggest_configs, throughput_outliers, triage, warm_trials,
+)
+from ..research.memory import (
+    decision_line, decision_view, incumbent, incumbent_line, incumbents, lineage, lineage_line,
 )
 from ..stores.code import CodeStore, CodeStoreError
 from ..stores.datasets import current_dataset
@@ -31,9 +34,10 @@ from .errors import ArcError
 from .file_stamp import FileStamp
 from .gpu_classes import CPU_CLASS, gpu_class
 from .models import (
-    AttemptView, CancelResult, Digest, GpuClassCount, GpuList, GpuView, HistorySchema, HostView, HypothesisList,
-    HypothesisResult, JobDetail, JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail, Plot, Requirements,
-    SqlResult, SubmitResult, SubmittedJob, Suggestions, WaitResult, check_job_id, iso, next_page,
+    AttemptView, CancelResult, ConfirmResult, DecisionResult, Digest, GpuClassCount, GpuList, GpuView, HistorySchema,
+    HostView, HypothesisList, HypothesisResult, JobDetail, JobDetails, JobList, JobSpec, JobView, Leaderboard, LogTail,
+    Plot, Requirements, ResearchStatus, SqlResult, SubmitResult, SubmittedJob, Suggestions, WaitResult, check_job_id,
+    iso, next_page,
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
@@ -41,7 +45,7 @@ from .scheduler import Scheduler, SchedulerSettings
 from .user_pattern import MAX_SUBJECT_CHARS, UserPatternError, compile_user_pattern
 from .vocabulary import (
     ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
-    HypothesisStatus, JobStatus,
+    DecisionKind, HypothesisStatus, JobStatus,
 )
 
 
@@ -304,6 +308,33 @@ class Service:
             req = req.model_copy(update={"cpu_only": True, "gpus": 0})
         return req
 
+    def _class_of(self, req: Requirements) -> str | None:
+        """The GPU class a job with these requirements will run on, where they fix it."""
+        if req.cpu_only:
+            return CPU_CLASS
+        if req.gpu_class:
+            return req.gpu_class
+        classes = {g.gpu_class for c in self.scheduler.capacity() for g in c.gpus}
+        return classes.pop() if len(classes) == 1 else None
+
+    def _on_incumbent(self, spec: JobSpec, req: Requirements) -> JobSpec:
+        """`spec` with its class's incumbent underneath: the incumbent's config, preset, code and time budget,
+        each overridden by what the spec states."""
+        cls = self._class_of(req)
+        if cls is None:
+            raise ArcError("base='incumbent' needs the job's GPU class: set requirements.gpu_class (list_gpus shows "
+                           "the classes) or requirements.cpu_only, since each class has its own incumbent")
+        inc = incumbent(self.history, self.primary_metric, cls)
+        if inc is None:
+            raise ArcError(f"base='incumbent': {cls} has no incumbent yet (no succeeded run); run its baseline first "
+                           "(submit_jobs with tags=['baseline'], or measure_noise)")
+        config = dict(inc.config)
+        preset = config.pop("preset", None)
+        return spec.model_copy(update={
+            "config": {**config, **(spec.config or {})}, "preset": spec.preset or preset,
+            "code": spec.code or inc.code_hash, "time_budget_s": spec.time_budget_s or inc.time_budget_s,
+            "tags": list(dict.fromkeys([*spec.tags, f"on:{inc.job_ids[0]}"])), "base": None})
+
     @operation(cli="submit", effect="writes", caller="submitted_by")
     def submit_jobs(self, jobs: Annotated[list[JobSpec], Field(min_length=1, max_length=MAX_BATCH)],
                     submitted_by: str = "agent") -> SubmitResult:
@@ -311,8 +342,9 @@ class Service:
         overrides such as {"depth": 10, "matrix_lr": 0.03}, or `command` = an argv list run without a shell;
         `time_budget_s`, `seed`, `tags` (tag each GPU class's first default run 'baseline'), `hypothesis_id`
         (append_hypothesis first), `requirements` (gpus, gpu_class, min_memory_gb, host, same_class_as: 'j3' for a
-        fair comparison), `code` (a folder or code hash). Returns job ids with placement or queue position; then
-        wait_for_jobs."""
+        fair comparison), `code` (a folder or code hash), `base`: 'incumbent' to build on the class's current best
+        (its config, preset, code, budget; yours apply on top). Returns job ids with placement or queue position;
+        then wait_for_jobs."""
         rows, problems = [], []
         for n, spec in enumerate(jobs):
             try:
@@ -321,6 +353,8 @@ class Service:
                     raise ArcError(f"hypothesis_id: unknown hypothesis {spec.hypothesis_id!r}; list_hypotheses "
                                    "shows the ids, append_hypothesis makes a new one")
                 req = self._resolve_requirements(spec)
+                if spec.base == "incumbent":
+                    spec = self._on_incumbent(spec, req)
                 budget, limit = job_times(self.research, spec.kind, spec.time_budget_s, spec.time_limit_s)
                 reason = self.scheduler.why_impossible(req, limit)
                 if reason:
@@ -551,16 +585,27 @@ class Service:
         return self.guard
 
     @operation(cli="research status", effect="read")
-    def research_status(self) -> GuardStatus:
-        """The campaign's guardrails (research.yaml): GPU-hours and money used, committed and left; experiments
-        since the last checkpoint and the cadence; GPUs held vs max_gpus; whether new work is PAUSED, why, and what
-        the person runs to go on (only a person can approve); the person's last approval note: read it, it is
-        their guidance for the next stretch."""
+    def research_status(self) -> ResearchStatus:
+        """Where the campaign stands, enough to resume it in a fresh session: the incumbent (current best config,
+        code and runs) per GPU class, open hypotheses, the last keep/discard decisions; the guardrails
+        (research.yaml): GPU-hours and money used and left, experiments since the last checkpoint, GPUs held,
+        whether new work is PAUSED and what the person runs to go on; the person's last approval note: read it,
+        it is their guidance for the next stretch."""
         status = self._guardrails().status()
         if self.research_stamp is not None and self.research_stamp.changed():
             status.summary += (f"; {self.research_stamp.path} has changed since it was loaded: a person runs "
                                "`arc research reload` to apply it")
-        return status
+        best = incumbents(self.history, self.primary_metric)
+        open_hyps = [f"{h['hyp_id']}: {h['text'][:160]}" for h in
+                     self.history.hypotheses(status=HypothesisStatus.OPEN, limit=10)]
+        memory = (f"incumbents: {'; '.join(incumbent_line(i, self.primary_metric) for i in best)}" if best
+                  else "no incumbent yet (run a baseline per GPU class)") + f"; {len(open_hyps)} open hypothes" + (
+            "is" if len(open_hyps) == 1 else "es")
+        return ResearchStatus(**{**status.model_dump(), "summary": f"{status.summary}; {memory}"}, incumbents=best,
+                              lineage=[lineage_line(i.gpu_class, lineage(self.history, self.primary_metric,
+                                                                         i.gpu_class)) for i in best],
+                              open_hypotheses=open_hyps,
+                              last_decisions=[decision_line(d) for d in self.history.decisions(limit=5)])
 
     @operation(cli="research reload", effect="writes", tool=False)
     def reload_research(self) -> GuardStatus:
@@ -600,6 +645,11 @@ class Service:
         status = self._guardrails().approve(note, by)
         self.scheduler.wake()
         return status
+
+    def _slow(self) -> dict[str, str]:
+        """Succeeded runs whose throughput is off their class's median (research.yaml noise.throughput_share)."""
+        return throughput_outliers(self.history.jobs(status=JobStatus.SUCCEEDED, limit=None),
+                                   self.research.noise.throughput_share)
 
     def _floors(self) -> dict[str, NoiseFloor]:
         return noise_floors(self.history.jobs(tag=NOISE_TAG, status=JobStatus.SUCCEEDED, limit=None))
@@ -644,7 +694,8 @@ class Service:
         """Is b better than a? Compares the primary metric of runs b (candidate) with runs a (reference, e.g. the
         baseline's seeds) within one GPU class: n per side, the difference, and whether it clears the noise
         (Welch's t-test with 2+ runs a side, else the noise floor measure_noise measured). Different GPU classes
-        are flagged as not comparable."""
+        are flagged as not comparable; another time budget, dataset or preset across the sides, or a run whose
+        throughput was off its class's median, is named in `confounds`."""
         rows_a, rows_b = [self._get(j) for j in a], [self._get(j) for j in b]
         missing = [r["job_id"] for r in rows_a + rows_b if r.get("primary_value") is None]
         if missing:
@@ -652,7 +703,7 @@ class Service:
                            "wait_for_jobs first, and compare only runs that produced the metric")
         try:
             result = compare_jobs(rows_a, rows_b, self.research.metric.direction, self._floors(),
-                                  self.research.noise.alpha)
+                                  self.research.noise.alpha, slow=self._slow())
         except ValueError as e:
             raise ArcError(str(e)) from None
         if not result.comparable:
@@ -705,7 +756,13 @@ class Service:
                   gpu_class: str | None = None, same_host: bool = False) -> SubmitResult:
         """Run a job's exact code snapshot and config again: as it was, with new seeds (one job per seed), or on
         another GPU class (e.g. to compare it fairly with a run there)."""
-        row = self._get(job_id)
+        result = self.submit_jobs(self._rerun_specs(self._get(job_id), seeds, gpu_class, same_host))
+        result.summary = f"rerun of {job_id}: {result.summary}"
+        return result
+
+    def _rerun_specs(self, row: dict, seeds: list[int] | None, gpu_class: str | None, same_host: bool = False,
+                     tags: tuple[str, ...] = ()) -> list[JobSpec]:
+        job_id = row["job_id"]
         if row.get("code_hash") and not self.code.has(row["code_hash"]):
             raise ArcError(f"{job_id}'s code snapshot {row['code_hash'][:12]} is not on this controller")
         requirements = dict(row.get("requirements") or {})
@@ -721,7 +778,7 @@ class Service:
         config = dict(row.get("config") or {})
         preset = config.pop("preset", None)
         # A rerun's seed-twin is not part of a noise measurement; the tag says it is a rerun.
-        tags = [t for t in row.get("tags") or [] if t != NOISE_TAG] + ["rerun"]
+        tags = [t for t in row.get("tags") or [] if t != NOISE_TAG] + ["rerun", *tags]
         base = dict(code=row.get("code_hash"), time_budget_s=row.get("time_budget_s"),
                     time_limit_s=row.get("time_limit_s"), requirements=requirements, tags=list(dict.fromkeys(tags)),
                     hypothesis_id=row.get("hypothesis_id"), env=row.get("env") or {},
@@ -730,10 +787,51 @@ class Service:
             base.update(config=config, preset=preset)
         else:
             base.update(command=list(row.get("argv") or []))
-        specs = [JobSpec(**base, seed=s) for s in (seeds if seeds is not None else [row.get("seed")])]
+        return [JobSpec(**base, seed=s) for s in (seeds if seeds is not None else [row.get("seed")])]
+
+    @operation(cli="confirm", effect="writes")
+    def confirm_runs(self, job_ids: Annotated[JobIds, Cli(positional=True)], gpu_class: str | None = None,
+                     seeds: Annotated[list[int] | None, Field(min_length=1, max_length=32)] = None) -> ConfirmResult:
+        """Screen, then confirm: rerun candidate runs and their class's incumbent as one paired batch, on another
+        GPU class (gpu_class, e.g. the faster one) or on the same class with more seeds (default: seeds
+        0..runs_per_side-1 from research.yaml). The answer links each original to its confirmation runs; once they
+        end, keep_run(job_ids=<a candidate's>, against=<the incumbent's>) decides on that class."""
+        rows = [self._get(j) for j in job_ids]
+        classes = {r.get("gpu_class") or CPU_CLASS for r in rows}
+        if len(classes) > 1:
+            raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}): confirm one screening "
+                           "class's candidates at a time")
+        cls = classes.pop()
+        steps = lineage(self.history, self.primary_metric, cls)
+        if not steps:
+            raise ArcError(f"{cls} has no incumbent to confirm against; run its baseline first")
+        # A kept change confirmed elsewhere is held to what it replaced, not to itself.
+        ref = steps[-2] if len(steps) > 1 and set(job_ids) & set(steps[-1].job_ids) else steps[-1]
+        if gpu_class is not None and gpu_class != CPU_CLASS:
+            classes_now = {g.gpu_class for c in self.scheduler.capacity() for g in c.gpus}
+            if gpu_class not in classes_now:
+                raise ArcError(f"no GPU class {gpu_class!r} in the fleet; it has {', '.join(sorted(classes_now))}")
+        seeds = seeds or list(range(self.research.noise.runs_per_side))
+        reference = ref.job_ids[0]
+        originals = list(dict.fromkeys([reference, *(j for j in job_ids if j not in ref.job_ids)]))
+        specs, counts = [], []
+        for job_id in originals:
+            made = self._rerun_specs(self._get(job_id), seeds, gpu_class or cls, tags=("confirm", f"of:{job_id}"))
+            specs += made
+            counts.append(len(made))
         result = self.submit_jobs(specs)
-        result.summary = f"rerun of {job_id}: {result.summary}"
-        return result
+        ids, linked, at = [j.job_id for j in result.jobs], {}, 0
+        for job_id, n in zip(originals, counts):
+            linked[job_id], at = ids[at:at + n], at + n
+        where = gpu_class or cls
+        against = linked[reference]
+        links = "; ".join(f"{'reference ' if j == reference else ''}{j} -> {', '.join(v)}" for j, v in linked.items())
+        candidate = next((v for j, v in linked.items() if j != reference), against)
+        return ConfirmResult(summary=f"confirmation batch on {where}, {len(seeds)} seed(s) each: {links}; "
+                                     f"{result.summary}",
+                             jobs=result.jobs, linked=linked,
+                             next=f"wait_for_jobs(job_ids={ids[:8]!r}), then keep_run(job_ids={candidate!r}, "
+                                  f"against={against!r}, reason=...) or discard_run")
 
     def _triage(self, row: dict) -> Triage | None:
         if row["status"] not in FAILED_STATUSES:
@@ -773,20 +871,93 @@ class Service:
                           status: HypothesisStatus | None = None, verdict: str | None = None,
                           effect_size: float | None = None,
                           add_jobs: Annotated[list[str] | None, Cli("--job", repeat=True)] = None,
-                          compare: Sides | None = None) -> HypothesisResult:
-        """Judge a hypothesis after its runs: status supported / refuted / abandoned, a one-line verdict,
-        effect_size (new minus baseline); add_jobs links more jobs. Pass compare={a: the baseline's runs, b: the
-        hypothesis's runs} and the verdict states the GPU class, runs per side, the difference and whether it
-        clears the noise (effect_size defaults to it); a cross-class comparison cannot support or refute."""
+                          compare: Sides | None = None, expected_effect: float | None = None) -> HypothesisResult:
+        """Judge a hypothesis after its runs, with compare={a: the baseline's (incumbent's) runs, b: the
+        hypothesis's runs}: the verdict then states the class, runs per side, the difference, its significance
+        and any confound (effect_size defaults to the difference). The status must hold to that comparison:
+        `supported` needs b better beyond the noise with research.yaml's runs per side (default 2); `refuted`
+        needs b worse beyond the noise, or runs able to detect expected_effect (|claimed change|) that did not
+        see it. Otherwise it is recorded `inconclusive` and the answer says what would settle it (more seeds via
+        rerun_job). Also: abandoned; a one-line verdict (the claim); add_jobs links more jobs."""
+        refused = None
+        hypotheses.require(self.history, hyp_id)
+        if status in DECIDED_HYPOTHESIS_STATUSES and compare is None:
+            raise ArcError(f"marking {hyp_id} {status} needs compare={{a: the baseline's runs, b: the hypothesis's "
+                           "runs}}: a verdict must hold to the data. Without a comparison, mark it inconclusive or "
+                           "abandoned")
         if compare is not None:
             sides = compare if isinstance(compare, Sides) else Sides.model_validate(compare)
             result = self.compare_runs(sides.a, sides.b)
             if not result.comparable and status in DECIDED_HYPOTHESIS_STATUSES:
                 raise ArcError(f"{hyp_id} cannot be {status} on this comparison: {result.summary}")
-            verdict = f"{verdict.strip()}; {result.summary}" if verdict and verdict.strip() else result.summary
+            if status in DECIDED_HYPOTHESIS_STATUSES:
+                why = judge(result, status, self.research.noise.runs_per_side, expected_effect)
+                if why:
+                    refused, status = f"{status} refused: {why}", HypothesisStatus.INCONCLUSIVE
+            caveat = result.summary + (f"; {refused}" if refused else "")
+            verdict = f"{verdict.strip()}; {caveat}" if verdict and verdict.strip() else caveat
             effect_size = result.diff if effect_size is None else effect_size
             add_jobs = list(dict.fromkeys([*(add_jobs or []), *sides.a, *sides.b]))
-        return hypotheses.update_hypothesis(self.history, hyp_id, status, verdict, effect_size, add_jobs)
+        answer = hypotheses.update_hypothesis(self.history, hyp_id, status, verdict, effect_size, add_jobs)
+        if refused:
+            answer.summary = f"{hyp_id} inconclusive ({refused})"
+            answer.next = "rerun_job(job_id=..., seeds=[...]) on the short or noisy side, then update_hypothesis again"
+        return answer
+
+    # ---- the campaign's memory: keep / discard against the incumbent ----------------------------------------
+
+    def _decide(self, kind: DecisionKind, job_ids: list[str], reason: str, against: list[str] | None,
+                hypothesis_id: str | None, decided_by: str) -> DecisionResult:
+        rows = [self._get(j) for j in job_ids]
+        classes = {r.get("gpu_class") or CPU_CLASS for r in rows}
+        if len(classes) > 1:
+            raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}); each class has its own "
+                           "incumbent: decide one class at a time (confirm_runs moves a candidate to another)")
+        cls = classes.pop()
+        if against is None:
+            inc = incumbent(self.history, self.primary_metric, cls)
+            if inc is None:
+                raise ArcError(f"{cls} has no incumbent to compare with; run its baseline first")
+            against = inc.job_ids
+        if set(against) & set(job_ids):
+            raise ArcError(f"{', '.join(sorted(set(against) & set(job_ids)))} is on both sides: job_ids are the "
+                           f"candidate's runs, against the incumbent's ({', '.join(against)})")
+        result = self.compare_runs(against, job_ids)
+        if not result.comparable:
+            raise ArcError(f"{kind} needs a comparison within one class: {result.summary}")
+        if kind == DecisionKind.KEEP:
+            why = judge(result, "keep", self.research.noise.runs_per_side)
+            if why:
+                raise ArcError(f"keep refused, nothing recorded: {why}. The incumbent stays "
+                               f"{', '.join(against)}; discard_run records a decision not to keep")
+        hypothesis_id = hypothesis_id or next((r["hypothesis_id"] for r in rows if r.get("hypothesis_id")), None)
+        row = self.history.add_decision(kind, cls, job_ids, against, result.diff, result.summary, reason,
+                                        decided_by, hypothesis_id)
+        now_best = incumbent(self.history, self.primary_metric, cls)
+        return DecisionResult(summary=f"{kind} recorded (d{row['decision_id']}) on {cls}: {result.summary}; "
+                                      f"incumbent {'+'.join(now_best.job_ids[:4])} {now_best.metric:.6g}",
+                              decision=decision_view(row), incumbent=now_best,
+                              next=f"submit_jobs with base='incumbent' and requirements on {cls} for the next change")
+
+    @operation(cli="keep", effect="writes", caller="decided_by")
+    def keep_run(self, job_ids: Annotated[JobIds, Cli(positional=True)],
+                 reason: Annotated[str, Field(min_length=3, max_length=500)],
+                 against: Annotated[list[str] | None, Field(min_length=1, max_length=MAX_BATCH)] = None,
+                 hypothesis_id: str | None = None, decided_by: str = "agent") -> DecisionResult:
+        """Make a run (its seeds, or its confirmation runs: job_ids) its GPU class's incumbent, the current best
+        that submit_jobs(base='incumbent') builds on (autoresearch's commit). Compared with the incumbent's runs
+        (or `against`); refused unless better beyond the noise with research.yaml's runs per side and no
+        confound. Recorded with who decided and why."""
+        return self._decide(DecisionKind.KEEP, job_ids, reason, against, hypothesis_id, decided_by)
+
+    @operation(cli="discard", effect="writes", caller="decided_by")
+    def discard_run(self, job_ids: Annotated[JobIds, Cli(positional=True)],
+                    reason: Annotated[str, Field(min_length=3, max_length=500)],
+                    against: Annotated[list[str] | None, Field(min_length=1, max_length=MAX_BATCH)] = None,
+                    hypothesis_id: str | None = None, decided_by: str = "agent") -> DecisionResult:
+        """Record the decision not to keep a run (autoresearch's reset): the incumbent stays. Compared with the
+        incumbent's runs (or `against`) so the record says what the change did; with who decided and why."""
+        return self._decide(DecisionKind.DISCARD, job_ids, reason, against, hypothesis_id, decided_by)
 
     @operation(cli="hypotheses list", effect="read", offline=True)
     def list_hypotheses(self, status: HypothesisStatus | None = None,
@@ -799,9 +970,10 @@ class Service:
     def leaderboard(self, gpu_class: str | None = None, top: Annotated[int, Field(ge=1, le=50)] = 5) -> Leaderboard:
         """The best runs of each GPU class (results compare only within a class), each with its difference from
         the class baseline, its config changes relative to it, and whether the difference clears the noise (its
-        seeds against the baseline's: Welch's t-test, or the floor measure_noise measured)."""
+        seeds against the baseline's: Welch's t-test, or the floor measure_noise measured); each class's lineage
+        (baseline -> kept change 1 -> ..., each with its gain and significance) and its throughput outliers."""
         return insights.leaderboard(self.history, self.primary_metric, self.metric_direction, gpu_class, top,
-                                    floors=self._floors(), alpha=self.research.noise.alpha)
+                                    floors=self._floors(), alpha=self.research.noise.alpha, slow=self._slow())
 
     @operation(cli="digest", effect="read", offline=True)
     def digest(self, since: str | None = None) -> Digest:
@@ -812,13 +984,15 @@ class Service:
         campaign.html` writes the whole campaign as one HTML file and `arc dashboard` shows it live."""
         return insights.digest(self.history, self.primary_metric, self.metric_direction, since,
                                research=self.research, floors=self._floors(),
-                               guardrails=self.guard.status().summary if self.guard else None)
+                               guardrails=self.guard.status().summary if self.guard else None, slow=self._slow())
 
     @operation(cli="plot", effect="read", offline=True, shown=Shown(image="png"))
     def plot_runs(self, job_ids: Annotated[list[str] | None, Cli(positional=True)] = None, series: str = "train_loss",
-                  kind: Literal["curves", "best"] = "curves", gpu_class: str | None = None) -> Plot:
+                  kind: Literal["curves", "best", "lineage"] = "curves", gpu_class: str | None = None) -> Plot:
         """A PNG chart: kind='curves' plots `series` (default train_loss) per step for up to 12 job_ids;
-        kind='best' plots every run's primary metric over time with the running best per GPU class."""
+        kind='best' plots every run's primary metric over time with the running best per GPU class;
+        kind='lineage' plots every run as a point over time with the kept changes joined as a step line, one
+        colour per class, failures marked."""
         return insights.plot_runs(self.history, self.primary_metric, self.metric_direction, job_ids=job_ids,
                                   series=series, kind=kind, gpu_class=gpu_class)
 

@@ -26,7 +26,14 @@ class HypothesisStatus(StrEnum):
     OPEN = "open"
     SUPPORTED = "supported"
     REFUTED = "refuted"
+    INCONCLUSIVE = "inconclusive"     # judged, but the runs cannot tell (within noise, too few per side, confounded)
     ABANDONED = "abandoned"
+
+
+class DecisionKind(StrEnum):
+    """What a person or the agent decided about a run against its class's incumbent (autoresearch's commit/reset)."""
+    KEEP = "keep"                     # the run becomes its class's incumbent
+    DISCARD = "discard"               # it does not; the incumbent stays
 
 
 JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
@@ -43,6 +50,7 @@ TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED,
 FAILED_STATUSES = (JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.LOST)
 
 HYPOTHESIS_STATUSES: tuple[HypothesisStatus, ...] = tuple(HypothesisStatus)
+DECISION_KINDS: tuple[DecisionKind, ...] = tuple(DecisionKind)
 # A verdict on the evidence (as opposed to open, or abandoned without one).
 DECIDED_HYPOTHESIS_STATUSES = (HypothesisStatus.SUPPORTED, HypothesisStatus.REFUTED)
 

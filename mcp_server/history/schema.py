@@ -16,7 +16,7 @@ from typing import Callable
 
 import duckdb
 
-from ..core.vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, sql_list
+from ..core.vocabulary import DECISION_KINDS, HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, sql_list
 from .values import first_row
 
 
@@ -87,6 +87,40 @@ _JOBS_DOC = {
     "last_output_at": "when the job last printed something",
     "cancel_requested": "a cancel is waiting for the host to become reachable",
     "metrics_seq": "highest metric record seq ingested (-1: none)",
+}
+
+
+def _hypotheses_ddl(name: str) -> str:
+    return f"""
+        CREATE TABLE {name} (
+            hyp_id VARCHAR PRIMARY KEY,
+            num BIGINT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            text VARCHAR NOT NULL,
+            rationale VARCHAR,
+            status VARCHAR NOT NULL CHECK (status IN ({sql_list(HYPOTHESIS_STATUSES)})),
+            verdict VARCHAR,
+            effect_size DOUBLE,
+            jobs VARCHAR[] NOT NULL,
+            tags VARCHAR[],
+            created_by VARCHAR
+        );"""
+
+
+_HYPOTHESES_DOC = {
+    "hyp_id": "short stable id, 'h' + num (e.g. h3)",
+    "num": "the number in hyp_id",
+    "created_at": "when it was written",
+    "updated_at": "last change",
+    "text": "the hypothesis",
+    "rationale": "why it is worth testing",
+    "status": f"one of {', '.join(HYPOTHESIS_STATUSES)}",
+    "verdict": "the claim, then the comparison it rests on (class, runs per side, significance, confounds)",
+    "effect_size": "measured effect on the primary metric",
+    "jobs": "job ids that test it",
+    "tags": "free-form labels",
+    "created_by": "who wrote it",
 }
 
 
@@ -190,20 +224,7 @@ def _v1(cur: duckdb.DuckDBPyConnection) -> None:
             PRIMARY KEY (host, idx)
         );
 
-        CREATE TABLE hypotheses (
-            hyp_id VARCHAR PRIMARY KEY,
-            num BIGINT NOT NULL UNIQUE,
-            created_at TIMESTAMPTZ NOT NULL,
-            updated_at TIMESTAMPTZ NOT NULL,
-            text VARCHAR NOT NULL,
-            rationale VARCHAR,
-            status VARCHAR NOT NULL CHECK (status IN ({sql_list(HYPOTHESIS_STATUSES)})),
-            verdict VARCHAR,
-            effect_size DOUBLE,
-            jobs VARCHAR[] NOT NULL,
-            tags VARCHAR[],
-            created_by VARCHAR
-        );
+        {_hypotheses_ddl("hypotheses")}
     """)
     summary_columns = ",\n".join(f"TRY_CAST(summary ->> '{k}' AS DOUBLE) AS {k}" for k in SUMMARY_COLUMNS)
     cur.execute(f"""
@@ -266,20 +287,7 @@ def _v1(cur: duckdb.DuckDBPyConnection) -> None:
         "simulated": "declared by hosts.yaml simulate_gpus (tests), not real hardware",
         "last_seen": "last inventory that listed it",
     })
-    comment(cur, "hypotheses", "research hypotheses and their verdicts", {
-        "hyp_id": "short stable id, 'h' + num (e.g. h3)",
-        "num": "the number in hyp_id",
-        "created_at": "when it was written",
-        "updated_at": "last change",
-        "text": "the hypothesis",
-        "rationale": "why it is worth testing",
-        "status": f"one of {', '.join(HYPOTHESIS_STATUSES)}",
-        "verdict": "conclusion in words",
-        "effect_size": "measured effect on the primary metric",
-        "jobs": "job ids that test it",
-        "tags": "free-form labels",
-        "created_by": "who wrote it",
-    })
+    comment(cur, "hypotheses", "research hypotheses and their verdicts", _HYPOTHESES_DOC)
     comment(cur, "runs", "jobs flattened for analysis: the autoresearch summary keys as columns", {
         "n_gpus": "number of GPUs the job held",
         "duration_s": "ended_at - started_at in seconds",
@@ -359,12 +367,53 @@ def _v5(cur: duckdb.DuckDBPyConnection) -> None:
             })
 
 
+def _v6(cur: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB cannot alter a CHECK in place, so the hypotheses table is rebuilt under the vocabulary's statuses
+    (`inconclusive` joined them), every row copied; the hypothesis_jobs view binds by name and keeps working.
+    Then the decisions table: the campaign's memory of what was kept and what discarded, per GPU class."""
+    cur.execute(_hypotheses_ddl("hypotheses_v6"))
+    cur.execute("INSERT INTO hypotheses_v6 SELECT * FROM hypotheses")
+    cur.execute("DROP TABLE hypotheses")
+    cur.execute("ALTER TABLE hypotheses_v6 RENAME TO hypotheses")
+    comment(cur, "hypotheses", "research hypotheses and their verdicts", _HYPOTHESES_DOC)
+    cur.execute(f"""
+        CREATE SEQUENCE decision_id_seq START 1;
+        CREATE TABLE decisions (
+            decision_id BIGINT PRIMARY KEY DEFAULT nextval('decision_id_seq'),
+            t TIMESTAMPTZ NOT NULL,
+            kind VARCHAR NOT NULL CHECK (kind IN ({sql_list(DECISION_KINDS)})),
+            gpu_class VARCHAR NOT NULL,
+            job_ids VARCHAR[] NOT NULL,
+            against VARCHAR[] NOT NULL,
+            diff DOUBLE,
+            comparison VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            decided_by VARCHAR,
+            hypothesis_id VARCHAR
+        );
+    """)
+    comment(cur, "decisions", "keep/discard decisions: a kept run becomes its GPU class's incumbent (current best)", {
+        "decision_id": "increasing id",
+        "t": "when it was decided",
+        "kind": f"one of {', '.join(DECISION_KINDS)}",
+        "gpu_class": "the class whose incumbent it concerns",
+        "job_ids": "the candidate's runs (its seeds or confirmation runs)",
+        "against": "the runs it was compared with: the incumbent's at the time",
+        "diff": "mean(candidate) - mean(against) in the primary metric",
+        "comparison": "the comparison's statement: runs per side, test, significance, confounds",
+        "reason": "why, in the decider's words",
+        "decided_by": "the agent, or the person at `arc`",
+        "hypothesis_id": "the hypothesis the candidate tested, if any",
+    })
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "jobs, metrics, events, hosts, gpus, hypotheses; runs and hypothesis_jobs views", _v1),
     Migration(2, "approvals (research checkpoints)", _v2),
     Migration(3, "meta: the history's own id", _v3),
     Migration(4, "hosts: drop torch, which nothing writes", _v4),
     Migration(5, "jobs.max_attempts; attempts (infrastructure retries)", _v5),
+    Migration(6, "hypotheses admit 'inconclusive'; decisions (keep/discard against the incumbent)", _v6),
 ]
 
 

@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from ..core.gpu_classes import gpu_class
-from ..core.vocabulary import HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
+from ..core.vocabulary import DECISION_KINDS, HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
 from .describe import describe_history
 from .ingest import plan_ingest
 from .schema import migrate
@@ -649,6 +649,29 @@ class History:
                     [now(), job_ids, hyp_id])
         cur.execute("UPDATE jobs SET hypothesis_id = ?, updated_at = ? "
                     "WHERE job_id IN (SELECT unnest(?)) AND hypothesis_id IS NULL", [hyp_id, now(), job_ids])
+
+    # ---- decisions (keep / discard against a class's incumbent) ------------------------------------------------
+
+    def add_decision(self, kind: str, gpu_class: str, job_ids: Sequence[str], against: Sequence[str],
+                     diff: float | None, comparison: str, reason: str, decided_by: str | None = None,
+                     hypothesis_id: str | None = None) -> dict[str, Any]:
+        _check_choice("decision kind", kind, DECISION_KINDS)
+        with self.transaction() as cur:
+            (decision_id,) = first_row(cur.execute(
+                "INSERT INTO decisions (t, kind, gpu_class, job_ids, against, diff, comparison, reason, decided_by, "
+                "hypothesis_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING decision_id",
+                [now(), kind, gpu_class, list(job_ids), list(against), diff, comparison, reason, decided_by,
+                 hypothesis_id]))
+            self._add_event(cur, "decision", f"{kind} {', '.join(job_ids)} on {gpu_class}: {reason}",
+                            data={"decision_id": decision_id, "against": list(against)})
+        return self._query("SELECT * FROM decisions WHERE decision_id = ?", [decision_id])[0]
+
+    def decisions(self, gpu_class: str | None = None, kind: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """Oldest first (a lineage reads forward); `limit` keeps the newest."""
+        sql = ("SELECT * FROM (SELECT * FROM decisions WHERE (? IS NULL OR gpu_class = ?) AND (? IS NULL OR kind = ?) "
+               "ORDER BY decision_id DESC LIMIT ?) ORDER BY decision_id")
+        return self._query(sql, [gpu_class, gpu_class, kind, kind, limit if limit is not None else 2**62])
 
     def get_hypothesis(self, hyp_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM hypotheses WHERE hyp_id = ?", [hyp_id])

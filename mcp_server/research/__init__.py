@@ -13,7 +13,9 @@ from .guard import Allowance, GuardError, Guardrails, GuardStatus, check_submiss
 from .hangs import HangWatch
 from .health import search_health
 from .snapshot_diff import JobDiff, diff_jobs
-from .stats import NOISE_TAG, Comparison, NoiseFloor, Sides, compare, compare_jobs, noise_floors
+from .stats import (
+    NOISE_TAG, Comparison, NoiseFloor, Sides, compare, compare_jobs, judge, noise_floors, throughput_outliers,
+)
 from .suggest import suggest_configs, warm_trials
 from .triage import Triage, triage
 from .usage import Prices, Usage, measure_usage
@@ -22,6 +24,7 @@ __all__ = [
     "ResearchConfig", "ResearchConfigError", "load_research", "parse_research",
     "Guardrails", "GuardError", "GuardStatus", "Allowance", "check_submission", "job_times", "pause_prefix",
     "Approval", "approve", "checkpoint_due", "checkpoint_state", "Prices", "Usage", "measure_usage",
-    "Comparison", "NoiseFloor", "NOISE_TAG", "Sides", "compare", "compare_jobs", "noise_floors",
+    "Comparison", "NoiseFloor", "NOISE_TAG", "Sides", "compare", "compare_jobs", "noise_floors", "judge",
+    "throughput_outliers",
     "suggest_configs", "warm_trials", "Triage", "triage", "search_health", "HangWatch", "JobDiff", "diff_jobs",
 ]

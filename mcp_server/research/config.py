@@ -18,7 +18,7 @@ checkpoint: {every_experiments: 20, every_hours: 4}    # pause for a person's `a
 max_gpus: 4                        # GPUs the campaign may hold at once
 max_attempts: 3                    # attempts per job when the infrastructure fails it (lost host, failed launch)
 command_policy: {mode: trainer_only}   # or allowlist (with allow:) or any
-noise: {seeds: 3, alpha: 0.05}
+noise: {seeds: 3, alpha: 0.05, runs_per_side: 2, throughput_share: 0.3}   # verdict and confound rules
 hangs: {silent_after_s: 600, kill: false}
 stagnation: {window: 15}
 ```
@@ -71,6 +71,7 @@ FIXES: dict[str, str] = {
     "command_policy": "command_policy: {mode: trainer_only}", "mode": "mode: trainer_only (or allowlist, any)",
     "allow": "allow: [[python, run.py], 'python -m mypkg\\.train .*']",
     "noise": "noise: {seeds: 3, alpha: 0.05}", "seeds": "seeds: 3", "alpha": "alpha: 0.05",
+    "runs_per_side": "runs_per_side: 2", "throughput_share": "throughput_share: 0.3",
     "hangs": "hangs: {silent_after_s: 600, kill: false}", "silent_after_s": "silent_after_s: 600",
     "kill": "kill: false", "stagnation": "stagnation: {window: 15}", "window": "window: 15",
 }
@@ -154,6 +155,10 @@ class CommandPolicy(_Strict):
 class Noise(_Strict):
     seeds: int = Field(3, ge=2, le=64)
     alpha: float = Field(0.05, gt=0, lt=0.5)
+    # A verdict (supported, refuted) and a keep need at least this many runs on each side of their comparison.
+    runs_per_side: int = Field(2, ge=1, le=64)
+    # A run whose throughput is off its class's median by more than this share is flagged as confounded.
+    throughput_share: float = Field(0.3, gt=0, le=10)
 
 
 class Hangs(_Strict):

@@ -23,9 +23,24 @@ def _view(row: dict[str, Any]) -> Hypothesis:
                       created_at=iso(row.get("created_at")))
 
 
+def brief(verdict: str, limit: int = 240) -> str:
+    """A verdict in at most `limit` characters. A verdict is the claim, then the comparison that qualifies it
+    ('b helps; within noise (...)'), so the start is what gives way: the caveat is never the part cut."""
+    return verdict if len(verdict) <= limit else "…" + verdict[-(limit - 1):]
+
+
 def _check_id(hyp_id: str) -> None:
     if not isinstance(hyp_id, str) or not HYP_ID_RE.match(hyp_id):
         raise ArcError(f"'{hyp_id}' is not a hypothesis id; they look like h3 (see list_hypotheses)")
+
+
+def require(history: History, hyp_id: str) -> dict[str, Any]:
+    """The hypothesis, or a refusal that says how to find the ids."""
+    _check_id(hyp_id)
+    row = history.get_hypothesis(hyp_id)
+    if row is None:
+        raise ArcError(f"unknown hypothesis {hyp_id!r}: list_hypotheses shows the ids")
+    return row
 
 
 def _check_jobs(job_ids: list[str] | None) -> list[str]:
@@ -83,7 +98,7 @@ def update_hypothesis(history: History, hyp_id: str, status: str | None = None, 
     except HistoryError as e:
         raise ArcError(str(e)) from None
     view = _view(row)
-    return HypothesisResult(summary=f"{hyp_id} {view.status}" + (f": {view.verdict[:100]}" if view.verdict else ""),
+    return HypothesisResult(summary=f"{hyp_id} {view.status}" + (f": {brief(view.verdict)}" if view.verdict else ""),
                             hypothesis=view,
                             next=None if view.status != HypothesisStatus.OPEN
                             else "wait_for_jobs on its jobs, then set a verdict")

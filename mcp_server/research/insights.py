@@ -21,9 +21,9 @@ from ..core.vocabulary import ACTIVE_STATUSES, FAILED_STATUSES, TERMINAL_STATUSE
 from ..history import History
 from ..history.values import from_json, now, utc
 from . import Comparison, NoiseFloor, ResearchConfig, compare, search_health
+from .hypotheses import brief
+from .memory import decision_line, incumbent_line, incumbents, lineage, ok_runs_sql
 
-
-BASELINE_TAG = "baseline"
 
 MAX_PLOT_JOBS = 12
 
@@ -83,38 +83,30 @@ def _significance(c: Comparison) -> str:
     return f"unknown: {runs}, no noise floor measured (measure_noise, or more seeds)"
 
 
-def _ok_runs_sql(extra: str = "") -> str:
-    """Succeeded jobs with a finite primary metric, with their comparison class."""
-    return f"""
-        SELECT job_id, job_num, coalesce(gpu_class, '{CPU_CLASS}') AS cls, primary_value AS v, config, code_hash,
-               CASE WHEN kind = 'command' THEN argv END AS argv, seed, hypothesis_id,
-               coalesce(list_contains(tags, '{BASELINE_TAG}'), false) AS is_baseline, ended_at
-        FROM jobs WHERE status = '{JobStatus.SUCCEEDED}' AND primary_metric = ? AND primary_value IS NOT NULL
-          AND isfinite(primary_value) {extra}"""
-
-
 # ---- leaderboard ---------------------------------------------------------------------------------------------
 
 def leaderboard(history: History, metric: str, direction: str = "min", gpu_class: str | None = None,
-                top: int = 5, floors: Mapping[str, NoiseFloor] | None = None, alpha: float = 0.05) -> Leaderboard:
+                top: int = 5, floors: Mapping[str, NoiseFloor] | None = None, alpha: float = 0.05,
+                slow: Mapping[str, str] | None = None) -> Leaderboard:
     """The best `top` runs of each class against the class baseline; `floors` (per class, from measure_noise's
-    runs) decide significance where a side has a single run."""
+    runs) decide significance where a side has a single run. Each class also shows its lineage (baseline -> kept
+    changes) and its runs in `slow` (throughput outliers: job id -> what was off)."""
     order = "ASC" if _check_direction(direction) == "min" else "DESC"
     if not 1 <= top <= 50:
         raise ArcError(f"top must be from 1 to 50 (got {top})")
     where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
     cur = history.cursor()
     baselines = {r[0]: r for r in cur.execute(f"""
-        SELECT cls, job_id, v, config, code_hash, argv FROM ({_ok_runs_sql(where)})
+        SELECT cls, job_id, v, config, code_hash, argv FROM ({ok_runs_sql(where)})
         QUALIFY row_number() OVER (PARTITION BY cls ORDER BY is_baseline DESC, job_num) = 1""", params).fetchall()}
     best = cur.execute(f"""
         SELECT cls, job_id, v, config, code_hash, argv, seed, hypothesis_id, count(*) OVER (PARTITION BY cls) AS n,
                row_number() OVER (PARTITION BY cls ORDER BY v {order}, job_num) AS rank
-        FROM ({_ok_runs_sql(where)}) QUALIFY rank <= ? ORDER BY cls, rank""", params + [top]).fetchall()
+        FROM ({ok_runs_sql(where)}) QUALIFY rank <= ? ORDER BY cls, rank""", params + [top]).fetchall()
     # One value per seed: a rerun at a seed already measured repeats that measurement, it adds no replicate.
     groups: dict[tuple[str, str, str, str], dict[Any, float]] = {}
     for job_id, cls, code_hash, config, argv, seed, v in cur.execute(
-            f"SELECT job_id, cls, code_hash, config, argv, seed, v FROM ({_ok_runs_sql(where)}) ORDER BY job_num",
+            f"SELECT job_id, cls, code_hash, config, argv, seed, v FROM ({ok_runs_sql(where)}) ORDER BY job_num",
             params).fetchall():
         groups.setdefault(_group_key(cls, code_hash, config, argv), {}).setdefault(
             job_id if seed is None else seed, v)
@@ -137,18 +129,31 @@ def leaderboard(history: History, metric: str, direction: str = "min", gpu_class
             c = compare(list(groups[base_key].values()), list(groups[key].values()), cls, cls, words,
                         floor.sigma if floor else None, alpha)
             entry.significance, entry.significant = _significance(c), c.significant
+        if job_id in (slow or {}):
+            entry.significance = f"{entry.significance or 'no comparison'}; CONFOUNDED: {job_id} {slow[job_id]}"
         board.best.append(entry)
+    for cls, board in boards.items():
+        board.lineage = lineage(history, metric, cls)
+        board.confounded = sorted(f"{j} {why}" for j, why in (slow or {}).items()
+                                  if ((history.get_job(j) or {}).get("gpu_class") or CPU_CLASS) == cls)
     classes = list(boards.values())
     if not classes:
         scope = f" in class {gpu_class}" if gpu_class else ""
         return Leaderboard(summary=f"no succeeded runs with {metric}{scope} yet", metric=metric,
                            direction=direction, classes=[],
                            next="submit_jobs with tags=['baseline'] on each GPU class (list_gpus shows them)")
-    parts = [best_line(b, metric) + f", {b.runs} runs" for b in classes]
+    parts = [best_line(b, metric) + f", {b.runs} runs" + _lineage_words(b) for b in classes]
     if len(classes) > 1:
         parts.append("classes are ranked apart, never against each other")
     return Leaderboard(summary="; ".join(parts), metric=metric, direction=direction, classes=classes,
                        next="job_status(job_ids=[...]) for a run's details; plot_runs(kind='best') for the trend")
+
+
+def _lineage_words(board: ClassBoard) -> str:
+    kept = len(board.lineage) - 1
+    flagged = f", {len(board.confounded)} throughput outlier(s)" if board.confounded else ""
+    return (f", {kept} kept change(s), incumbent {'+'.join(board.lineage[-1].job_ids[:4])}" if kept > 0 else "") \
+        + flagged
 
 
 def best_line(board: ClassBoard, metric: str) -> str:
@@ -165,7 +170,7 @@ def best_line(board: ClassBoard, metric: str) -> str:
 
 def digest(history: History, metric: str, direction: str = "min", since: str | None = None,
            research: ResearchConfig | None = None, floors: Mapping[str, NoiseFloor] | None = None,
-           guardrails: str | None = None) -> Digest:
+           guardrails: str | None = None, slow: Mapping[str, str] | None = None) -> Digest:
     """What changed since `since` (default: the last hour), in a few lines; with the state of each class's best
     against its baseline, search-health warnings from `research`, and the `guardrails` status line."""
     pick = "min" if _check_direction(direction) == "min" else "max"
@@ -181,7 +186,7 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
     # A class has a new best when its best run that ended since `start` beats every run that ended before.
     new_bests = [f"{cls}: {job} {metric} {_fmt(v)}" + (f" (was {_fmt(old)} {old_job})" if old_job else " (first)")
                  for cls, job, v, old_job, old in cur.execute(f"""
-        WITH ok AS ({_ok_runs_sql()}),
+        WITH ok AS ({ok_runs_sql()}),
              before AS (SELECT cls, arg_{pick}(job_id, v) AS job, {pick}(v) AS v FROM ok WHERE ended_at < ?
                         GROUP BY cls),
              after AS (SELECT cls, arg_{pick}(job_id, v) AS job, {pick}(v) AS v FROM ok WHERE ended_at >= ?
@@ -193,7 +198,7 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
                 cur.execute(f"""SELECT job_id, status, reason, exit_code FROM jobs
                                WHERE status IN ({sql_list(FAILED_STATUSES)}) AND ended_at >= ?
                                ORDER BY job_num DESC LIMIT 5""", [start]).fetchall()]
-    hypotheses = [f"{h} {status}" + (f": {verdict[:100]}" if verdict else f": {text[:80]}")
+    hypotheses = [f"{h} {status}: " + (brief(verdict) if verdict else text[:80])
                   for h, status, verdict, text in cur.execute("""
         SELECT hyp_id, status, verdict, text FROM hypotheses WHERE updated_at >= ? ORDER BY num DESC LIMIT 8""",
                                                               [start]).fetchall()]
@@ -203,8 +208,10 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
                + (f", {cancelled} cancelled" if cancelled else "") + f"); {active.get('running', 0)} running, "
                f"{active.get('queued', 0)} queued; {len(new_bests)} new best(s)")
     board = leaderboard(history, metric, direction, top=1, floors=floors,
-                        alpha=research.noise.alpha if research else 0.05)
+                        alpha=research.noise.alpha if research else 0.05, slow=slow)
     health = search_health(research, _campaign_jobs(history, metric)) if research else []
+    health += [f"throughput outlier {j}: {why}; its comparisons are confounded (throttled or shared GPU, loaded "
+               "host?)" for j, why in sorted((slow or {}).items())]
     if health:
         summary += f"; {len(health)} search-health warning(s)"
     nxt = ("tail_log(job_id=...) on a failure" if failures else
@@ -214,7 +221,8 @@ def digest(history: History, metric: str, direction: str = "min", since: str | N
                   cancelled=cancelled, running=active.get("running", 0), queued=active.get("queued", 0),
                   new_bests=new_bests, failures=failures, hypotheses=hypotheses,
                   significance=[best_line(b, metric) for b in board.classes], health=health,
-                  guardrails=guardrails, next=nxt)
+                  guardrails=guardrails, incumbents=[incumbent_line(i, metric) for i in incumbents(history, metric)],
+                  decisions=[decision_line(d) for d in history.decisions(limit=5)], next=nxt)
 
 
 def _campaign_jobs(history: History, metric: str) -> list[dict[str, Any]]:
@@ -230,10 +238,10 @@ def _campaign_jobs(history: History, metric: str) -> list[dict[str, Any]]:
 # ---- plots ---------------------------------------------------------------------------------------------------
 
 def plot_runs(history: History, metric: str, direction: str = "min", job_ids: list[str] | None = None,
-              series: str = "train_loss", kind: Literal["curves", "best"] = "curves",
+              series: str = "train_loss", kind: Literal["curves", "best", "lineage"] = "curves",
               gpu_class: str | None = None) -> Plot:
-    """A PNG of `series` per step for `job_ids` ("curves"), or of every run's `metric` over time with the running
-    best per GPU class ("best")."""
+    """A PNG of `series` per step for `job_ids` ("curves"), of every run's `metric` over time with the running
+    best per GPU class ("best"), or the campaign's lineage ("lineage": every run a point, the kept ones joined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,9 +253,11 @@ def plot_runs(history: History, metric: str, direction: str = "min", job_ids: li
             summary = _plot_curves(history, ax, job_ids or [], series)
         elif kind == "best":
             summary = _plot_best(history, ax, metric, _check_direction(direction), gpu_class)
+        elif kind == "lineage":
+            summary = _plot_lineage(history, ax, metric, _check_direction(direction), gpu_class)
         else:
-            raise ArcError(f"kind must be 'curves' (a metric per step for job_ids) or 'best' (running best over "
-                           f"time), not {kind!r}")
+            raise ArcError(f"kind must be 'curves' (a metric per step for job_ids), 'best' (running best over "
+                           f"time) or 'lineage' (kept changes over every run), not {kind!r}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
@@ -289,7 +299,7 @@ def _plot_curves(history: History, ax, job_ids: list[str], series: str) -> str:
 
 def _plot_best(history: History, ax, metric: str, direction: str, gpu_class: str | None) -> str:
     where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
-    rows = history.cursor().execute(f"SELECT cls, ended_at, v, job_id FROM ({_ok_runs_sql(where)}) "
+    rows = history.cursor().execute(f"SELECT cls, ended_at, v, job_id FROM ({ok_runs_sql(where)}) "
                                     "ORDER BY ended_at", params).fetchall()
     if not rows:
         raise ArcError(f"no succeeded runs with {metric} yet" + (f" in class {gpu_class}" if gpu_class else ""))
@@ -315,6 +325,44 @@ def _plot_best(history: History, ax, metric: str, direction: str, gpu_class: str
                  "is better)")
     ax.figure.autofmt_xdate()
     return "; ".join(parts)
+
+
+def _plot_lineage(history: History, ax, metric: str, direction: str, gpu_class: str | None) -> str:
+    """The chart of the public autoresearch run: every run a dot at the time it ended, the kept ones (the lineage)
+    joined as a step line, one colour per class; a failed run is an x at the level of the incumbent it tried to
+    beat, since it has no metric."""
+    where, params = ("", [metric]) if gpu_class is None else ("AND coalesce(gpu_class, 'cpu') = ?", [metric, gpu_class])
+    ok = history.cursor().execute(f"SELECT cls, ended_at, v FROM ({ok_runs_sql(where)}) ORDER BY ended_at",
+                                  params).fetchall()
+    failed = history.cursor().execute(f"""
+        SELECT coalesce(gpu_class, '{CPU_CLASS}') AS cls, ended_at FROM jobs
+        WHERE status IN ({sql_list(FAILED_STATUSES)}) AND ended_at IS NOT NULL AND primary_metric = ?
+          {where}
+        ORDER BY ended_at""", params).fetchall()
+    if not ok:
+        raise ArcError(f"no succeeded runs with {metric} yet" + (f" in class {gpu_class}" if gpu_class else ""))
+    end = max(r[1] for r in ok + [(None, f[1]) for f in failed])
+    parts = []
+    for cls in sorted({r[0] for r in ok}):
+        steps = lineage(history, metric, cls)
+        times = [utc(s.since.replace("Z", "+00:00")) for s in steps] + [end]
+        levels = [s.metric for s in steps] + [steps[-1].metric]
+        dots = ax.scatter([r[1] for r in ok if r[0] == cls], [r[2] for r in ok if r[0] == cls], s=14, alpha=0.45)
+        colour = dots.get_facecolor()[0]
+        ax.step(times, levels, where="post", color=colour, linewidth=1.8, label=f"{cls} kept ({len(steps) - 1})")
+        ax.scatter(times[:-1], levels[:-1], s=46, color=colour, edgecolors="black", zorder=3)
+        lost = [t for c, t in failed if c == cls]
+        if lost:
+            level = [next((lv for tt, lv in reversed(list(zip(times, levels))) if tt <= t), levels[0]) for t in lost]
+            ax.scatter(lost, level, marker="x", s=50, color=colour, label=f"{cls} failed ({len(lost)})", zorder=3)
+        parts.append(f"{cls}: {sum(1 for r in ok if r[0] == cls)} runs, {len(steps) - 1} kept, {len(lost)} failed, "
+                     f"incumbent {'+'.join(steps[-1].job_ids[:4])} {_fmt(steps[-1].metric)}")
+    ax.set_xlabel("run ended (UTC)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: every run, the kept changes joined ({'lower' if direction == 'min' else 'higher'} "
+                 "is better)")
+    ax.figure.autofmt_xdate()
+    return "lineage: " + "; ".join(parts)
 
 
 # ---- the history's schema ------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ demo's own research.yaml), prepares the trainer's data, and lets a scripted rese
 `autoresearch` protocol: a noise-floor baseline (two seeds), a wave of variations that each test a written
 hypothesis, verdicts that state their significance, a wave of TPE suggestions that runs into a human checkpoint
 (the person approves with `arc approve`, as a person would, and the note reaches the researcher), a second seed for
-the best change with a Welch test, then a leaderboard, a digest, a code diff and plots saved as PNG files. Every tool
+the best change with a Welch test, kept as the incumbent only if the data hold it (else discarded), the worst
+change discarded, then a leaderboard, a digest, a code diff, the lineage and plots saved as PNG files. Every tool
 answer's size is recorded (bench/token_budget.py reports them).
 
 Each run starts a fresh history in the demo's state dir (its dataset and code snapshots are kept), so repeated demos
@@ -355,11 +356,15 @@ class Researcher:
                 continue
             sides = {"a": self.baseline_ids, "b": [idea.job_id]}
             comparison = await self.compare(**sides)
-            status = "supported" if moved(comparison) == idea.expect else "refuted"
-            await self.data("update_hypothesis", hyp_id=idea.hyp_id, status=status, compare=sides)
+            # The claim the run seems to make; arc records it only if the data hold it (else inconclusive).
+            claim = "supported" if moved(comparison) == idea.expect else "refuted"
+            answer = await self.data("update_hypothesis", hyp_id=idea.hyp_id, status=claim, compare=sides)
             table.add_row(idea.hyp_id, idea.job_id, changed(idea.change), f"{idea.metric:.4f}",
-                          f"{comparison['diff']:+.4f}", comparison["summary"].split(" (")[0], status)
+                          f"{comparison['diff']:+.4f}", comparison["summary"].split(" (")[0],
+                          answer["hypothesis"]["status"])
         self.console.print(table)
+        self.console.print("  one run against two seeds is too few to claim anything (research.yaml "
+                           "noise.runs_per_side: 2): arc records such verdicts as inconclusive", highlight=False)
 
     async def suggestion_wave(self) -> None:
         """Wave 2: classical proposals (TPE over research.yaml's search space, learned from the runs so far)"""
@@ -399,13 +404,21 @@ class Researcher:
         self.runs.append(ended[ids[0]])
         sides = {"a": self.baseline_ids, "b": [best["job_id"], ids[0]]}
         comparison = await self.compare(**sides)
-        keep = moved(comparison) == -1
         hyp = (await self.data("append_hypothesis", text=f"{best['job_id']}'s change beats the baseline at both "
                                "seeds"))["hypothesis"]["hyp_id"]
-        await self.data("update_hypothesis", hyp_id=hyp, status="supported" if keep else "refuted", compare=sides,
-                        verdict="keep" if keep else "discard: not beyond the noise at two seeds")
+        judged = await self.data("update_hypothesis", hyp_id=hyp, compare=sides,
+                                 status="supported" if moved(comparison) == -1 else "refuted")
+        keep = judged["hypothesis"]["status"] == "supported"
         self.console.print(Panel(comparison["summary"], title=f"significance: {best['job_id']} + {ids[0]} vs the "
                                  f"baseline {' + '.join(self.baseline_ids)}", style="green" if keep else "red"))
+        # Keep or discard, recorded: a kept change becomes the class's incumbent, what the next wave builds on.
+        decide = "keep_run" if keep else "discard_run"
+        await self.data(decide, job_ids=sides["b"], against=sides["a"], hypothesis_id=hyp,
+                        reason=f"{best['job_id']}'s change at two seeds against the baseline's two")
+        worst = max(self.runs, key=lambda j: j["metric"])
+        if worst["job_id"] not in sides["b"]:
+            await self.data("discard_run", job_ids=[worst["job_id"]],
+                            reason="the worst change of the campaign: nothing to build on")
 
     async def report(self) -> None:
         """Report: leaderboard, digest, what changed, the best run's log, plots"""
@@ -444,6 +457,10 @@ class Researcher:
         curves = self.baseline_ids + [j["job_id"] for j in self.runs][:10]
         await self.plot("curves.png", job_ids=curves, series="train_loss", kind="curves")
         await self.plot("best.png", kind="best")
+        await self.plot("lineage.png", kind="lineage")
+        status = await self.data("research_status")
+        for line in status["lineage"] + status["last_decisions"]:
+            self.console.print(f"  {line}", markup=False, highlight=False)
 
     async def plot(self, filename: str, **args: Any) -> None:
         result = await self.call("plot_runs", **args)

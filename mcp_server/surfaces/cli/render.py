@@ -140,12 +140,22 @@ def render_leaderboard(console, data: dict) -> None:
                              f"({c.get('baseline_runs', 1)} run(s)), {c['runs']} runs",
                              ["rank", "job", data["metric"], "vs baseline", "changes", "code", "significance"],
                              rows))
+        render_lineage(console, c.get("lineage") or [], data["metric"])
+        for line in c.get("confounded") or []:
+            console.print(f"  throughput outlier: {line}", markup=False)
     render_summary(console, data)
+
+
+def render_lineage(console, steps: list[dict], metric: str) -> None:
+    rows = [[i, "+".join(s["job_ids"]), fmt(s["metric"]), "" if s.get("gain") is None else f"{s['gain']:+.6f}",
+             s.get("significance") or "", s["why"]] for i, s in enumerate(steps)]
+    if len(rows) > 1:
+        console.print(table("lineage", ["#", "runs", metric, "gain", "significance", "why"], rows))
 
 
 def render_digest(console, data: dict) -> None:
     render_summary(console, data)
-    for key in ("new_bests", "failures", "hypotheses", "significance", "health"):
+    for key in ("incumbents", "decisions", "new_bests", "failures", "hypotheses", "significance", "health"):
         for line in data.get(key) or []:
             console.print(f"  {key.replace('_', ' ')}: {line}", markup=False)
     if data.get("guardrails"):
@@ -188,6 +198,25 @@ def render_guard(console, data: dict) -> None:
     console.print(grid)
 
 
+def render_research_status(console, data: dict) -> None:
+    render_guard(console, data)
+    rows = [[i["gpu_class"], "+".join(i["job_ids"]), fmt(i["metric"]), i.get("since") or "", i["why"],
+             json.dumps(i.get("config") or {})] for i in data.get("incumbents") or []]
+    if rows:
+        console.print(table("incumbents", ["class", "runs", "metric", "since", "why", "config"], rows))
+    for key in ("lineage", "open_hypotheses", "last_decisions"):
+        for line in data.get(key) or []:
+            console.print(f"  {key.replace('_', ' ')}: {line}", markup=False)
+
+
+def render_decision(console, data: dict) -> None:
+    d, i = data["decision"], data["incumbent"]
+    console.print(f"d{d['decision_id']} {d['kind']} {'+'.join(d['job_ids'])} vs {'+'.join(d['against'])} on "
+                  f"{d['gpu_class']} by {d.get('decided_by') or '?'}: {d['reason']}", markup=False)
+    console.print(f"  incumbent now {'+'.join(i['job_ids'])} {fmt(i['metric'])}", markup=False)
+    render_summary(console, data)
+
+
 def render_suggestions(console, data: dict) -> None:
     keys = sorted({k for c in data["configs"] for k in c})
     console.print(table(None, ["#", *keys], [[i + 1, *(fmt(c.get(k)) for k in keys)]
@@ -218,7 +247,8 @@ RENDERERS: dict[str, Renderer] = {
     "SubmitResult": render_submit, "HypothesisList": render_hypotheses, "HypothesisResult": render_hypothesis,
     "Leaderboard": render_leaderboard, "Digest": render_digest, "HistorySchema": render_schema,
     "GuardStatus": render_guard, "Suggestions": render_suggestions, "Comparison": render_comparison,
-    "JobDiff": render_diff,
+    "JobDiff": render_diff, "ResearchStatus": render_research_status, "DecisionResult": render_decision,
+    "ConfirmResult": render_submit,
 }
 
 
