@@ -27,7 +27,7 @@ from mcp.client.streamable_http import create_mcp_http_client, streamable_http_c
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextContent
 
-from mcp_server.core.operations import OPERATIONS, tools
+from mcp_server.core.operations import registry, tools
 from mcp_server.daemon.client import _UnixConnection
 from tests.daemon_support import Arc, metric_job
 from tests.harness import local_host_entry, write_hosts_yaml
@@ -197,7 +197,7 @@ def resolve_sample(tool: str, field: str) -> list:
 
 
 # The smallest legal value of every required field (JOB/HYP: the module's own job and hypothesis).
-MINIMAL: dict[str, dict[str, Any]] = {name: {} for name in OPERATIONS}
+MINIMAL: dict[str, dict[str, Any]] = {name: {} for name in registry()}
 MINIMAL["submit_jobs"] = {"jobs": [{"command": ["true"], "requirements": {"cpu_only": True}}]}
 MINIMAL["job_status"] = {"job_ids": ["JOB"]}
 MINIMAL["cancel_jobs"] = {"job_ids": ["JOB"]}
@@ -209,6 +209,9 @@ MINIMAL["diff_jobs"] = {"a": "JOB", "b": "JOB"}
 MINIMAL["rerun_job"] = {"job_id": "JOB"}
 MINIMAL["append_hypothesis"] = {"text": "a hypothesis"}
 MINIMAL["update_hypothesis"] = {"hyp_id": "HYP"}
+MINIMAL["keep_run"] = {"job_ids": ["JOB"], "reason": "it helped"}
+MINIMAL["discard_run"] = {"job_ids": ["JOB"], "reason": "it did not help"}
+MINIMAL["confirm_runs"] = {"job_ids": ["JOB"]}
 
 
 def unknown_id_cases() -> list[Case]:

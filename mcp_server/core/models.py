@@ -22,8 +22,14 @@ JOB_ID_RE = re.compile(r"^j[0-9]{1,9}$")
 HYP_ID_RE = re.compile(r"^h[0-9]{1,9}$")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Model(BaseModel):
+    """Every input and result model. Their validators are built on first use, not at import: `arc` imports them all
+    to make its commands, and building ~90 schemas up front would double every command's start-up."""
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(Model):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def check_job_id(job_id: str) -> str:
@@ -113,12 +119,12 @@ class JobSpec(Strict):
 
 # ---- results -----------------------------------------------------------------------------------------------
 
-class Result(BaseModel):
+class Result(Model):
     summary: str
     next: str | None = None
 
 
-class GpuView(BaseModel):
+class GpuView(Model):
     index: int
     model: str
     gpu_class: str
@@ -131,7 +137,7 @@ class GpuView(BaseModel):
     simulated: bool = False
 
 
-class HostView(BaseModel):
+class HostView(Model):
     """A host in one row: its GPUs counted by state; `gpus` itemises them only in a detailed answer."""
     name: str
     reachable: bool
@@ -147,7 +153,7 @@ class HostView(BaseModel):
     labels: list[str] | None = None
 
 
-class GpuClassCount(BaseModel):
+class GpuClassCount(Model):
     gpu_class: str
     gpus: int
     free: int
@@ -164,7 +170,7 @@ class GpuList(Result):
     unreachable: list[str] = Field(default_factory=list, description="hosts that do not answer (the first 50)")
 
 
-class SubmittedJob(BaseModel):
+class SubmittedJob(Model):
     job_id: str
     status: JobStatus
     host: str | None = None
@@ -176,7 +182,7 @@ class SubmitResult(Result):
     jobs: list[SubmittedJob]
 
 
-class JobView(BaseModel):
+class JobView(Model):
     """A job in a few fields; `job_status` adds detail."""
     job_id: str
     status: JobStatus
@@ -192,7 +198,7 @@ class JobView(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
-class AttemptView(BaseModel):
+class AttemptView(Model):
     """An earlier attempt of a job, ended by the infrastructure (its host lost, its launch failed there)."""
     attempt: int
     host: str | None = None
@@ -257,7 +263,7 @@ class SqlResult(Result):
     cut: str | None = Field(None, description="cells cut to a bounded length, rows left out to bound the answer")
 
 
-class Hypothesis(BaseModel):
+class Hypothesis(Model):
     hyp_id: str
     status: HypothesisStatus
     text: str
@@ -279,7 +285,7 @@ class HypothesisList(Result):
 
 # ---- insights: leaderboard, digest, plots, the history's schema --------------------------------------------------
 
-class RunEntry(BaseModel):
+class RunEntry(Model):
     rank: int
     job_id: str
     metric: float
@@ -294,7 +300,7 @@ class RunEntry(BaseModel):
     significant: bool | None = None
 
 
-class LineageStep(BaseModel):
+class LineageStep(Model):
     """One link of a class's chain: the baseline, then each kept change."""
     job_ids: list[str]
     metric: float = Field(description="mean of the primary metric over job_ids")
@@ -304,7 +310,7 @@ class LineageStep(BaseModel):
     why: str
 
 
-class ClassBoard(BaseModel):
+class ClassBoard(Model):
     gpu_class: str
     runs: int = Field(description="succeeded runs with a metric in this class")
     baseline_job: str
@@ -346,14 +352,14 @@ class Plot(Result):
     png: bytes
 
 
-class Relation(BaseModel):
+class Relation(Model):
     name: str
     kind: str
     doc: str
     columns: dict[str, str] = Field(description="column: 'TYPE', or 'TYPE: meaning' when one table is asked for")
 
 
-class SqlExample(BaseModel):
+class SqlExample(Model):
     title: str
     sql: str
 
@@ -366,7 +372,7 @@ class HistorySchema(Result):
 
 # ---- the campaign's memory: incumbents, decisions -----------------------------------------------------------
 
-class Incumbent(BaseModel):
+class Incumbent(Model):
     """A GPU class's current best: what the next change builds on (submit_jobs with base='incumbent')."""
     gpu_class: str
     job_ids: list[str] = Field(description="the runs behind it (its seeds or confirmation runs)")
@@ -379,7 +385,7 @@ class Incumbent(BaseModel):
     decision_id: int | None = None
 
 
-class Decision(BaseModel):
+class Decision(Model):
     decision_id: int
     kind: str
     gpu_class: str

@@ -14,6 +14,7 @@ cli/hints.py read the registry. Model of the idea: the MCP SDK's own signature-t
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import re
 import typing
@@ -95,7 +96,7 @@ class Operation:
                 if p.name not in ("self", self.caller, PROGRESS)]
 
 
-OPERATIONS: dict[str, Operation] = {}
+_DECLARED: dict[str, Operation] = {}    # filled as core/service.py is imported: read it through registry()
 
 
 def operation(*, cli: str, effect: Effect, tool: bool = True, offline: bool = False, shown: Shown = Shown(),
@@ -106,8 +107,10 @@ def operation(*, cli: str, effect: Effect, tool: bool = True, offline: bool = Fa
         signature = inspect.signature(method)
         fields = {p.name: (hints[p.name], ... if p.default is inspect.Parameter.empty else p.default)
                   for p in signature.parameters.values() if p.name not in ("self", caller, PROGRESS)}
-        params = create_model(f"{_camel(method.__name__)}Input", __config__=ConfigDict(extra="forbid"), **fields)
-        OPERATIONS[method.__name__] = Operation(
+        # Built on first validation, not here: `arc` declares every operation to make its commands.
+        config = ConfigDict(extra="forbid", defer_build=True)
+        params = create_model(f"{_camel(method.__name__)}Input", __config__=config, **fields)
+        _DECLARED[method.__name__] = Operation(
             name=method.__name__, method=method, params=params, result=hints["return"], effect=effect, cli=cli,
             help=inspect.cleandoc(method.__doc__ or ""), tool=tool, offline=offline, shown=shown,
             caller=caller, progress=PROGRESS in signature.parameters)
@@ -146,6 +149,12 @@ def explain(error: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def registry() -> dict[str, Operation]:
+    """Every operation, in declaration order. The declarations are the Service's methods: importing it fills this."""
+    importlib.import_module(".service", __package__)
+    return _DECLARED
+
+
 def tools() -> list[Operation]:
     """The operations the agent may call, in declaration order."""
-    return [op for op in OPERATIONS.values() if op.tool]
+    return [op for op in registry().values() if op.tool]

@@ -12,13 +12,11 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from ..fleet import AgentError, HostSource, HostUnavailable, RequestTimeout, StaticHosts
-from ..fleet.hosts_config import HostsFile
-from ..history import History, SnapshotWriter, UserSqlError, run_user_sql
+from ..fleet.errors import AgentError, HostUnavailable, RequestTimeout
 from ..research import (
     NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, HangWatch, JobDiff, NoiseFloor, ResearchConfig,
     ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hypotheses, insights, job_times, load_research,
@@ -41,12 +39,16 @@ from .models import (
 )
 from .operations import Cli, Shown, operation
 from .paths import StatePaths
-from .scheduler import Scheduler, SchedulerSettings
 from .user_pattern import MAX_SUBJECT_CHARS, UserPatternError, compile_user_pattern
 from .vocabulary import (
     ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
     DecisionKind, HypothesisStatus, JobStatus,
 )
+
+if TYPE_CHECKING:
+    from ..fleet.hosts_config import HostsFile
+    from ..fleet.sources import HostSource
+    from .scheduler import SchedulerSettings
 
 
 log = logging.getLogger("arc.service")
@@ -95,7 +97,8 @@ class Service:
     reads the history file directly and can answer only the operations that need no host."""
 
     def __init__(self, paths: StatePaths, hosts: HostsFile | HostSource | list[HostSource] | None,
-                 settings: SchedulerSettings | None = None, read_only: bool = False, research: ResearchConfig | None = None,
+                 settings: SchedulerSettings | None = None, read_only: bool = False,
+                 research: ResearchConfig | None = None,
                  research_file: Path | None = None, hosts_file: Path | None = None):
         self.paths = paths.ensure()
         self.read_only = read_only
@@ -105,6 +108,12 @@ class Service:
         self.hosts_stamp = FileStamp(hosts_file) if hosts_file is not None else None
         self.research_stamp = FileStamp(research_file) if research_file is not None else None
         self.primary_metric = self.research.metric.name
+        # The history, the fleet and the scheduler are imported here, not at the top: `arc` builds its commands from
+        # this module's declarations, and DuckDB, paramiko and the scheduler would cost every command a second.
+        from ..fleet.sources import HostSource, StaticHosts
+        from ..history import History, SnapshotWriter
+        from .scheduler import Scheduler
+
         self.history = History(paths.history, read_only=read_only)
         self.code = CodeStore(paths.snapshots_dir)
         self.scheduler: Scheduler | None = None
@@ -113,7 +122,8 @@ class Service:
         if not read_only:
             source = hosts if isinstance(hosts, (HostSource, list)) else StaticHosts(hosts)
             sources = source if isinstance(source, list) else [source]
-            prices = {h.name: h.cost_per_gpu_hour for s in sources for h in s.hosts() if h.cost_per_gpu_hour is not None}
+            prices = {h.name: h.cost_per_gpu_hour for s in sources for h in s.hosts()
+                      if h.cost_per_gpu_hour is not None}
             self.guard = Guardrails(self.research, self.history, prices)
             self.scheduler = Scheduler(self.history, source, self.code, paths.data_dir, settings,
                                        allowance=self.guard.allowance, job_argv=workloads.job_argv,
@@ -566,6 +576,8 @@ class Service:
         describe_history lists the columns and example queries."""
         if self.snapshots is not None:
             self.snapshots.refresh_now()
+        from ..history.usersql import UserSqlError, run_user_sql
+
         source = self.paths.history if self.read_only else self.paths.snapshot
         try:
             res = run_user_sql(source, sql, limit=limit, timeout_s=10.0)

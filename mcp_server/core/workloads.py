@@ -7,9 +7,12 @@ A command job runs its argv as given, never through a shell.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..fleet.hosts_config import HostConfig
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..fleet.hosts_config import HostConfig
+
 
 
 DEFAULT_TIME_BUDGET_S = 300.0

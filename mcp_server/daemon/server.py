@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..core.errors import ArcError
-from ..core.operations import OPERATIONS
+from ..core.operations import registry
 from ..core.paths import StatePaths, default_research_file
 from ..core.scheduler import SchedulerSettings
 from ..core.service import Service
@@ -157,9 +157,9 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
         if method == "shutdown":
             os.kill(os.getpid(), signal.SIGTERM)
             return JSONResponse({"summary": "daemon stopping"})
-        op = OPERATIONS.get(method)
+        op = registry().get(method)
         if op is None:
-            return _rpc_error(f"unknown operation '{method}'; known: {', '.join(OPERATIONS)}", 404)
+            return _rpc_error(f"unknown operation '{method}'; known: {', '.join(registry())}", 404)
         try:
             params = await request.json()
             if not isinstance(params, dict):

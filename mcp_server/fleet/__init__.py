@@ -6,17 +6,47 @@ subprocess, SSH), one agent session per host, pushes and bootstrap.
         fleet.session("gpu1").request("inventory", timeout=10)
         fleet.request_all("inventory")      # {host: result or the exception}
 """
-from mcp_server.fleet.bootstrap import HostReadiness, bootstrap_host, check_hosts
-from mcp_server.fleet.connect import make_transport
-from mcp_server.fleet.errors import (AgentError, AuthFailed, FleetError, HostKeyChanged, HostKeyUnknown,
-                                     HostUnavailable, ProtocolError, RequestTimeout)
-from mcp_server.fleet.fleet import Fleet
-from mcp_server.fleet.push import PushedTree, content_hash, push_tree
-from mcp_server.fleet.session import HostSession, prepare_agent
-from mcp_server.fleet.sources import Demand, HostFacts, HostSource, StaticHosts
-from mcp_server.fleet.transport import CommandResult, ProcessStream, Transport, shell_path
+from __future__ import annotations
 
-__all__ = ["AgentError", "AuthFailed", "CommandResult", "Demand", "Fleet", "FleetError", "HostFacts", "HostKeyChanged",
-           "HostKeyUnknown", "HostReadiness", "HostSession", "HostSource", "HostUnavailable", "StaticHosts", "ProcessStream", "ProtocolError", "PushedTree",
-           "RequestTimeout", "Transport", "bootstrap_host", "check_hosts", "content_hash", "make_transport",
-           "prepare_agent", "push_tree", "shell_path"]
+import importlib
+from typing import Any
+
+# Each name is imported from its module on first use (PEP 562), so that importing one light part of this package
+# (a result model, a type) does not load the heavy ones: `arc --help` and `arc mcp` start without them.
+_EXPORTS = {
+    "HostReadiness": ".bootstrap",
+    "bootstrap_host": ".bootstrap",
+    "check_hosts": ".bootstrap",
+    "make_transport": ".connect",
+    "AgentError": ".errors",
+    "AuthFailed": ".errors",
+    "FleetError": ".errors",
+    "HostKeyChanged": ".errors",
+    "HostKeyUnknown": ".errors",
+    "HostUnavailable": ".errors",
+    "ProtocolError": ".errors",
+    "RequestTimeout": ".errors",
+    "Fleet": ".fleet",
+    "PushedTree": ".push",
+    "content_hash": ".push",
+    "push_tree": ".push",
+    "HostSession": ".session",
+    "prepare_agent": ".session",
+    "Demand": ".sources",
+    "HostFacts": ".sources",
+    "HostSource": ".sources",
+    "StaticHosts": ".sources",
+    "CommandResult": ".transport",
+    "ProcessStream": ".transport",
+    "Transport": ".transport",
+    "shell_path": ".transport",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

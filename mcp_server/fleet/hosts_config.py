@@ -29,11 +29,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import paramiko
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    import paramiko
 
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -427,6 +429,8 @@ class _Loader:
         return out
 
     def _ssh_config(self, raw: Any) -> "_SshConfig":
+        import paramiko     # here, not at the top: a CLI that only reads a local fleet file starts without it
+
         chosen = self.override_ssh_config if self.override_ssh_config is not None else raw
         if chosen is not None and not isinstance(chosen, (str, os.PathLike)):
             self.problem(("ssh_config",), None, "ssh_config", f"{FIELD_RULES['ssh_config'][0]} (got {chosen!r})",
@@ -655,6 +659,8 @@ def _jump_hops(hosts: HostsFile, target: HostConfig, spec: str, seen: tuple[str,
         route[-1] = SshEndpoint(f"jump host {name!r}", last.hostname, int(m["port"] or last.port),
                                 m["user"] or last.user, last.identity_files, last.known_hosts, last.host_key_policy)
         return route
+    import paramiko
+
     cfg = paramiko.SSHConfig.from_path(str(hosts.ssh_config_path)) if hosts.ssh_config_path else paramiko.SSHConfig()
     found = cfg.lookup(name)
     nested = found.get("proxyjump")

@@ -28,6 +28,7 @@ import pyarrow as pa
 from ..core.gpu_classes import gpu_class
 from ..core.vocabulary import DECISION_KINDS, HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
 from .describe import describe_history
+from .errors import HistoryBusyError, HistoryError
 from .ingest import plan_ingest
 from .schema import migrate
 from .values import first_row, from_json, now, to_json, utc
@@ -42,14 +43,6 @@ _JOB_ID = re.compile(r"^j([1-9][0-9]*)$")
 # but not the write lock, breaking compare-and-set and consistent snapshots.
 _open_paths: set[Path] = set()
 _open_paths_lock = threading.Lock()
-
-
-class HistoryError(ValueError):
-    """Bad input to the history (unknown id, bad status, unknown column): the message says what and how to fix."""
-
-
-class HistoryBusyError(RuntimeError):
-    """The history file is held read-write by another process (normally the arc daemon)."""
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,57 @@
 - `triage`: why a job failed and what to do. `health`: search-health warnings. `hangs`: hung-job detection.
 - `snapshot_diff`: settings and code differences between two jobs.
 """
-from .checkpoints import Approval, approve, checkpoint_due, checkpoint_state
-from .config import ResearchConfig, ResearchConfigError, load_research, parse_research
-from .guard import Allowance, GuardError, Guardrails, GuardStatus, check_submission, job_times, pause_prefix
-from .hangs import HangWatch
-from .health import search_health
-from .snapshot_diff import JobDiff, diff_jobs
-from .stats import (
-    NOISE_TAG, Comparison, NoiseFloor, Sides, compare, compare_jobs, judge, noise_floors, throughput_outliers,
-)
-from .suggest import suggest_configs, warm_trials
-from .triage import Triage, triage
-from .usage import Prices, Usage, measure_usage
+from __future__ import annotations
 
-__all__ = [
-    "ResearchConfig", "ResearchConfigError", "load_research", "parse_research",
-    "Guardrails", "GuardError", "GuardStatus", "Allowance", "check_submission", "job_times", "pause_prefix",
-    "Approval", "approve", "checkpoint_due", "checkpoint_state", "Prices", "Usage", "measure_usage",
-    "Comparison", "NoiseFloor", "NOISE_TAG", "Sides", "compare", "compare_jobs", "noise_floors", "judge",
-    "throughput_outliers",
-    "suggest_configs", "warm_trials", "Triage", "triage", "search_health", "HangWatch", "JobDiff", "diff_jobs",
-]
+import importlib
+from typing import Any
+
+
+# Each name is imported from its module on first use (PEP 562), so that importing one light part of this package
+# (a result model, a type) does not load the heavy ones: `arc --help` and `arc mcp` start without them.
+_EXPORTS = {
+    "Approval": ".checkpoints",
+    "approve": ".checkpoints",
+    "checkpoint_due": ".checkpoints",
+    "checkpoint_state": ".checkpoints",
+    "ResearchConfig": ".config",
+    "ResearchConfigError": ".config",
+    "load_research": ".config",
+    "parse_research": ".config",
+    "Allowance": ".guard",
+    "GuardError": ".guard",
+    "Guardrails": ".guard",
+    "GuardStatus": ".guard",
+    "check_submission": ".guard",
+    "job_times": ".guard",
+    "pause_prefix": ".guard",
+    "HangWatch": ".hangs",
+    "search_health": ".health",
+    "JobDiff": ".snapshot_diff",
+    "diff_jobs": ".snapshot_diff",
+    "NOISE_TAG": ".stats",
+    "Comparison": ".stats",
+    "NoiseFloor": ".stats",
+    "Sides": ".stats",
+    "compare": ".stats",
+    "compare_jobs": ".stats",
+    "judge": ".stats",
+    "noise_floors": ".stats",
+    "throughput_outliers": ".stats",
+    "suggest_configs": ".suggest",
+    "warm_trials": ".suggest",
+    "Triage": ".triage",
+    "triage": ".triage",
+    "Prices": ".usage",
+    "Usage": ".usage",
+    "measure_usage": ".usage",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

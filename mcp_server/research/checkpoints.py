@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from ..history import History
 from ..history.values import now as utc_now
 from .config import ResearchConfig
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 class Approval(BaseModel):

@@ -15,17 +15,20 @@ from __future__ import annotations
 import shlex
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel
 
 from ..core import workloads
 from ..core.user_pattern import compile_user_pattern
-from ..history import History
 from .checkpoints import CheckpointState, approve, checkpoint_due, checkpoint_state
 from .config import ResearchConfig, ResearchConfigError
 from .space import config_problems
 from .usage import Prices, Usage, job_gpus, job_seconds, measure_usage
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 MAX_LISTED = 5

@@ -6,12 +6,16 @@ checked, and every answer says what to do next.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ArcError
 from ..core.models import HYP_ID_RE, Hypothesis, HypothesisList, HypothesisResult, check_job_id, iso, next_page
 from ..core.vocabulary import DECIDED_HYPOTHESIS_STATUSES, HYPOTHESIS_STATUSES, HypothesisStatus
-from ..history import History, HistoryError
+from ..history.errors import HistoryError
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 MAX_TEXT = 2000

@@ -12,17 +12,20 @@ import datetime as dt
 import io
 import json
 import re
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from ..core.errors import ArcError
 from ..core.gpu_classes import CPU_CLASS
 from ..core.models import ClassBoard, Digest, HistorySchema, Leaderboard, Plot, RunEntry, iso
 from ..core.vocabulary import ACTIVE_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, JobStatus, sql_list
-from ..history import History
 from ..history.values import from_json, now, utc
 from . import Comparison, NoiseFloor, ResearchConfig, compare, search_health
 from .hypotheses import brief
 from .memory import decision_line, incumbent_line, incumbents, lineage, ok_runs_sql
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 MAX_PLOT_JOBS = 12

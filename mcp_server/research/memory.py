@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.gpu_classes import CPU_CLASS
 from ..core.models import Decision, Incumbent, LineageStep, iso
 from ..core.vocabulary import DecisionKind, JobStatus
-from ..history import History
 from ..history.values import from_json
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 BASELINE_TAG = "baseline"

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
+
 MAX_DIFF_LINES = 300
 UNSET = "(unset)"
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from .config import ChoiceParam, Constraint, FloatParam, IntParam, ResearchConfig, baseline_for
 
+
 Spec = FloatParam | IntParam | ChoiceParam
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel
 
 from ..core.vocabulary import IN_FLIGHT_STATUSES, STARTED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, sql_list
-from ..history import History
 from ..history.values import from_json
 from .config import ResearchConfig
+
+
+if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
+    from ..history import History
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ class ArcMCP(MCPServer):
         self.held = held
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
+        op = operations.registry().get(name)
+        unknown = sorted(set(arguments or {}) - set(op.params.model_fields)) if op is not None else []
+        if unknown:     # the SDK drops arguments it does not know: a typo would pass unnoticed
+            raise ToolError(f"invalid arguments for {name}: unknown argument(s) {', '.join(unknown)}; {name} takes "
+                            + (", ".join(op.params.model_fields) or "no arguments"))
         try:
             result = await super().call_tool(name, arguments, context)
         except UnexpectedToolError as e:

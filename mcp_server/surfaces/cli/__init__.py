@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ...core import service  # noqa: F401  (declares the operations)
-from ...core.operations import OPERATIONS
+from ...core.operations import registry
 from .arguments import add_operation
 from .commands import add_commands
 from .custom import CUSTOM
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arc", description="Run autoresearch experiments on a GPU fleet.")
     _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for op in OPERATIONS.values():
+    for op in registry().values():
         if op.name in CUSTOM:
             CUSTOM[op.name](sub)
         else:

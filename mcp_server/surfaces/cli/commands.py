@@ -216,12 +216,19 @@ def cmd_mcp(args) -> int:
     from ..bridge import run
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from ...daemon.client import DaemonClient
+
     chosen, research, unusable = fleet(args), None, None
+    running = DaemonClient(state_paths(args)).info() if DaemonClient(state_paths(args)).running() else {}
     try:
         if not chosen.path.exists():
             raise CliError(missing_fleet(chosen))
-        check_hosts_file(chosen.path)
-        research = research_file(args)
+        if running.get("hosts_file") == str(chosen.path.resolve()) and running.get("research_file"):
+            # The daemon validated these files when it started: checking them again costs a start-up a second.
+            research = Path(running["research_file"])
+        else:
+            check_hosts_file(chosen.path)
+            research = research_file(args)
     except CliError as e:       # Claude Code shows only "Failed to connect" for a server that exits: answer instead
         unusable = str(e)
     return 0 if run(state_paths(args), chosen.path, research, unusable) else 1

@@ -87,7 +87,7 @@ def read_or_call(args, method: str, **params) -> dict:
         except DaemonError as e:
             raise CliError(str(e)) from None
     from ...core.errors import ArcError
-    from ...core.operations import OPERATIONS
+    from ...core.operations import registry
     from ...core.service import Service
     from ...research import load_research
 
@@ -97,7 +97,7 @@ def read_or_call(args, method: str, **params) -> dict:
     research = load_research(research_file(args))    # the campaign's metric, space and noise settings
     try:
         with Service(paths, None, read_only=True, research=research) as service:
-            return OPERATIONS[method].call(service, params).model_dump(mode="json")
+            return registry()[method].call(service, params).model_dump(mode="json")
     except ArcError as e:
         raise CliError(str(e)) from None
 

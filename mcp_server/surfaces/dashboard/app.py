@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Route
 
 from ...core.errors import ArcError
-from ...core.operations import OPERATIONS
+from ...core.operations import registry
 from . import PREFIX, data
 
 log = logging.getLogger("arc.dashboard")
@@ -176,7 +176,7 @@ def build(service, token: str):
             return _message(400, "an approval needs a note (what the agent should do next); nothing was approved")
         by = f"{getpass.getuser()} (dashboard)"
         try:
-            await anyio.to_thread.run_sync(functools.partial(OPERATIONS["approve"].call, service, {"note": note},
+            await anyio.to_thread.run_sync(functools.partial(registry()["approve"].call, service, {"note": note},
                                                              by=by))
         except ArcError as e:
             return _message(400, f"not approved: {e}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from ...core.errors import ArcError
 from ...core.gpu_classes import CPU_CLASS
-from ...core.operations import OPERATIONS
+from ...core.operations import registry
 from ...core.vocabulary import JobStatus
 from ...core.models import iso
 from ...research.insights import config_delta
@@ -18,7 +18,7 @@ LOG_LINES = 200
 
 def _op(service, name: str, **params: Any) -> dict:
     """An operation's result as JSON-ready data, through the same validation as the RPC and the CLI."""
-    return OPERATIONS[name].call(service, params).model_dump(mode="json")
+    return registry()[name].call(service, params).model_dump(mode="json")
 
 
 def chart_points(service) -> dict[str, Any]:
