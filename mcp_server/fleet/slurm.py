@@ -40,6 +40,10 @@ IDLE_CHECK_S = 2.0
 SIMULATED_MEMORY_GB = 80.0
 RUNNING_STATES = {"RUNNING"}
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING"}
+# A job that has begun to end (COMPLETING) gets its final state (CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, ...) at
+# once, which is the reason worth recording; squeue -t all shows it until MinJobAge purges the job.
+ENDING_STATES = {"COMPLETING", "SIGNALING", "STAGE_OUT"}
+LIVE_STATES = RUNNING_STATES | PENDING_STATES | ENDING_STATES
 
 
 def owner_id(state_dir: Path) -> str:
@@ -110,6 +114,8 @@ class SlurmCluster(HostSource):
         self.error: str | None = None
         self._lock = threading.Lock()
         self._allocations: dict[str, Allocation] = {}
+        self._read = False                  # Slurm's queue read once (allocations adopted)
+        self._gone: dict[str, str] = {}     # host name -> why Slurm ended that allocation (for the jobs it took)
         self._last_idle_check = 0.0
         self._class = gpu_class(config.gpu_model)
 
@@ -119,8 +125,14 @@ class SlurmCluster(HostSource):
         return f"{self.name}-{job_id}"
 
     def hosts(self) -> Sequence[HostConfig]:
+        if not self._read:
+            # A restarted daemon adopts its allocations before it settles the jobs its history has on them: an
+            # allocation not listed yet would read as a host removed from the file, and its jobs as lost.
+            self._read_queue()
         with self._lock:
-            return [self._host(a) for a in self._allocations.values() if a.state in RUNNING_STATES]
+            # An ending allocation stays a host (its session is down, nothing is dispatched there) until Slurm names
+            # how it ended: that is the reason its jobs get.
+            return [self._host(a) for a in self._allocations.values() if a.state in RUNNING_STATES | ENDING_STATES]
 
     def transport(self, name: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> Transport:
         job_id = name[len(self.name) + 1:]
@@ -132,6 +144,9 @@ class SlurmCluster(HostSource):
         with self._lock:
             allocation = self._allocations.get(name[len(self.name) + 1:])
         return HostFacts(expires_at=allocation.expires_at) if allocation else HostFacts()
+
+    def why_gone(self, name: str) -> str | None:
+        return self._gone.get(name)
 
     def pending(self) -> dict[str, HostFacts]:
         with self._lock:
@@ -153,13 +168,24 @@ class SlurmCluster(HostSource):
     # ---- once a tick -------------------------------------------------------------------------------------
 
     def refresh(self, demand: Demand) -> None:
+        if not self._read_queue():
+            return      # what runs there may still run: keep the allocations until Slurm says otherwise
+        now = time.monotonic()
+        wanted = sum(1 for job in demand.queued if self.could_make(job.requirements, job.time_limit_s))
+        if wanted:
+            self._grow(now)
+        self._release_idle(now, busy=bool(wanted))
+
+    def _read_queue(self) -> bool:
+        """This state dir's allocations as Slurm has them now; False when Slurm cannot be asked (then `error`)."""
         try:
             seen = self._squeue()
         except FleetError as e:
             self.error = e.message
             log.warning("cluster %s: %s", self.name, e.message)
-            return      # what runs there may still run: keep the allocations until Slurm says otherwise
+            return False
         self.error = None
+        self._read = True
         now = time.monotonic()
         with self._lock:
             for job_id, a in seen.items():
@@ -167,11 +193,13 @@ class SlurmCluster(HostSource):
                 if a.state in RUNNING_STATES:
                     a.running_since = old.running_since if old and old.running_since else now
                     a.idle_since = old.idle_since if old else None
-            self._allocations = seen
-        wanted = sum(1 for job in demand.queued if self.could_make(job.requirements, job.time_limit_s))
-        if wanted:
-            self._grow(now)
-        self._release_idle(now, busy=bool(wanted))
+            for job_id, old in self._allocations.items():
+                a = seen.get(job_id)
+                if old.state in RUNNING_STATES | ENDING_STATES and (
+                        a is None or a.state not in RUNNING_STATES | ENDING_STATES):
+                    self._gone[self.host_name(job_id)] = _ended(a, job_id)
+            self._allocations = {j: a for j, a in seen.items() if a.state in LIVE_STATES}
+        return True
 
     def could_make(self, req: dict, time_limit_s: float | None = None) -> bool:
         if time_limit_s is not None and time_limit_s > self.config.walltime_s:
@@ -242,7 +270,7 @@ class SlurmCluster(HostSource):
         return r.text
 
     def _squeue(self) -> dict[str, Allocation]:
-        out = self._slurm(f"squeue -h --name={shlex.quote(self.job_name)} -o '%i|%T|%r|%S|%L|%N|%k'")
+        out = self._slurm(f"squeue -h -t all --name={shlex.quote(self.job_name)} -o '%i|%T|%r|%S|%L|%N|%k'")
         found: dict[str, Allocation] = {}
         now = time.time()
         for line in out.splitlines():
@@ -286,13 +314,20 @@ class SlurmCluster(HostSource):
 
     def release(self) -> list[str]:
         """Cancel every allocation of this arc state directory on the cluster, running or pending."""
-        job_ids = sorted(self._squeue())
+        job_ids = sorted(j for j, a in self._squeue().items() if a.state in RUNNING_STATES | PENDING_STATES)
         self.cancel(job_ids)
         return job_ids
 
     def close(self) -> None:
         """Allocations outlive the daemon on purpose (a restart adopts them); `arc clusters release` ends them."""
         self.login.close()
+
+
+def _ended(a: Allocation | None, job_id: str) -> str:
+    if a is None:
+        return f"Slurm job {job_id} (its allocation) left Slurm's queue"
+    reason = f" ({a.reason})" if a.reason and a.reason != "None" else ""
+    return f"Slurm ended its allocation (job {job_id} {a.state}{reason})"
 
 
 def _allocation_workdir(workdir: str, job_id: str) -> str:

@@ -133,6 +133,23 @@ class SlurmHarness:
         return [dict(zip(("id", "name", "state", "reason", "comment"), line.split("|", 4)))
                 for line in out.splitlines() if line.strip()]
 
+    def steps(self, job_id: str) -> list[str]:
+        """The steps running in job `job_id` other than its batch step ("ID.0", ...): `srun --overlap` steps."""
+        out = self.run("squeue", "-h", "-s", "-j", job_id, "-o", "%i", check=False)
+        return [s for s in out.split() if "." in s and not s.endswith((".batch", ".extern"))]
+
+    def stop_slurmctld(self) -> None:
+        self.stop_daemon("slurmctld")
+
+    def start_slurmctld(self) -> None:
+        """Again after stop_slurmctld(): it recovers its jobs from StateSaveLocation, as after a real restart."""
+        self._start("slurmctld", ["/usr/sbin/slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
+        deadline = time.monotonic() + UP_S
+        while subprocess.run(["squeue", "-h"], env=self.env(), capture_output=True, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"slurmctld did not answer within {UP_S:g}s; see {self.root}/slurmctld.log")
+            time.sleep(0.1)
+
     def stop_daemon(self, name: str) -> None:
         pidfile = self.pids.get(name)
         if pidfile is None or not pidfile.exists():
