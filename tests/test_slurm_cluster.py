@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,19 @@ def test_a_killed_daemon_restarts_and_adopts_its_allocations(slurm, arcs, tmp_pa
     finally:
         arc.cli("daemon", "stop", "--release", check=False)
     assert_nothing_left(slurm, tmp_path / "nodes")
+
+
+def test_an_allocation_near_its_end_is_replaced_while_work_is_queued(slurm, arc):
+    service, cluster = arc(walltime="00:01:00", max_nodes=1)    # Slurm's shortest walltime: one minute
+    first = service.submit_jobs([sleeper(0.5, requirements={"gpus": 1}, time_limit_s=40)]).jobs[0].job_id
+    wait_for(lambda: status(service, first)["status"] == "succeeded", 120, "a job to run in the first allocation")
+    old = status(service, first)["host"]
+    ends = cluster.facts(old).expires_at
+    # Under a quarter of its walltime left: a job of 40 s no longer fits there, and max_nodes is 1
+    wait_for(lambda: time.time() > ends - 14, 60, "the allocation to come near its end", every=0.5)
+    late = service.submit_jobs([sleeper(0.5, requirements={"gpus": 1}, time_limit_s=40)]).jobs[0].job_id
+    wait_for(lambda: status(service, late)["status"] == "succeeded", 120, "the queued job to run in a replacement")
+    assert status(service, late)["host"] not in (old, None)
+    # ahead of time: the job started in the replacement before the old allocation's walltime was up
+    started = datetime.fromisoformat(status(service, late)["started_at"]).timestamp()
+    assert started < ends, (started, ends)

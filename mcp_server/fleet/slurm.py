@@ -279,6 +279,10 @@ class SlurmCluster(HostSource):
                 continue
             job_id, state, reason, start, left, node, _ = parts
             seconds = walltime_seconds(left)
+            if seconds is None and state in RUNNING_STATES:
+                # Past its time limit Slurm shows no time left ("INVALID") until it gets round to ending the job
+                # (tens of seconds): the allocation is ending, not endless.
+                seconds = 0
             found[job_id] = Allocation(job_id, state, reason, start, None if seconds is None else now + seconds,
                                        node)
         return found
