@@ -241,3 +241,29 @@ def test_an_allocation_near_its_end_is_replaced_while_work_is_queued(slurm, arc)
     # ahead of time: the job started in the replacement before the old allocation's walltime was up
     started = datetime.fromisoformat(status(service, late)["started_at"]).timestamp()
     assert started < ends, (started, ends)
+
+
+def hosts_check(hosts_yaml: Path) -> tuple[int, dict]:
+    r = subprocess.run([sys.executable, "-m", "mcp_server", "--json", "--hosts", str(hosts_yaml), "hosts", "check"],
+                       capture_output=True, text=True, timeout=300)
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_hosts_check_checks_each_cluster_with_a_short_srun(slurm, tmp_path):
+    code, report = hosts_check(cluster_file(tmp_path, partition="gpu"))
+    assert code == 0, report
+    [row] = report["hosts"]                                     # one row per cluster
+    assert row["host"] == "uni" and row["transport"] == "slurm" and row["ready"], row
+    assert row["python"] == "%d.%d.%d" % sys.version_info[:3]  # as a node runs it
+    assert row["torch"]                                         # a version, or "absent" with a warning
+    assert "partition gpu (up, 2 nodes)" in row["slurm"] and "gpu:h100:2" in row["slurm"], row["slurm"]
+    assert not [j for j in slurm.jobs() if j["name"] == "arc-check"]
+
+    code, report = hosts_check(cluster_file(tmp_path, gpu_type="a100"))
+    [row] = report["hosts"]
+    assert code == 1 and not row["ready"] and row["failed_step"] == "gres", row
+    assert "gpu:a100:2" in row["error"] and "gpu:h100:2" in row["error"] and "fix: set gpu_type" in row["error"]
+
+    code, report = hosts_check(cluster_file(tmp_path, partition="cpu"))
+    assert report["hosts"][0]["failed_step"] == "partition"
+    assert "no partition 'cpu' on this cluster (there are: gpu)" in report["hosts"][0]["error"]

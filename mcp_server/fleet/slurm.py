@@ -299,9 +299,7 @@ class SlurmCluster(HostSource):
         flags = ["--parsable", f"--job-name={self.job_name}", f"--comment=arc owner={self.owner} cluster={c.name}",
                  f"--gres=gpu:{c.gpu_type}:{c.gpus_per_node}", "--nodes=1", "--ntasks=1",
                  f"--time={_slurm_time(c.walltime_s)}", "--output=/dev/null"]
-        flags += [f"--{k}={v}" for k, v in (("partition", c.partition), ("account", c.account), ("qos", c.qos),
-                                            ("constraint", c.constraint)) if v]
-        flags += list(c.sbatch_args)
+        flags += slurm_flags(c)
         job_id = self._slurm("sbatch " + " ".join(shlex.quote(f) for f in flags), stdin=script.encode())
         job_id = job_id.strip().splitlines()[-1].split(";")[0]
         log.info("cluster %s: asked for an allocation (Slurm job %s)", self.name, job_id)
@@ -325,6 +323,12 @@ class SlurmCluster(HostSource):
     def close(self) -> None:
         """Allocations outlive the daemon on purpose (a restart adopts them); `arc clusters release` ends them."""
         self.login.close()
+
+
+def slurm_flags(c: ClusterConfig, partition: str | None = None) -> list[str]:
+    """Where the cluster entry says arc's jobs go (partition, account, qos, constraint, its own sbatch_args)."""
+    return [f"--{k}={v}" for k, v in (("partition", partition or c.partition), ("account", c.account),
+                                      ("qos", c.qos), ("constraint", c.constraint)) if v] + list(c.sbatch_args)
 
 
 def _ended(a: Allocation | None, job_id: str) -> str:
