@@ -267,3 +267,21 @@ def test_hosts_check_checks_each_cluster_with_a_short_srun(slurm, tmp_path):
     code, report = hosts_check(cluster_file(tmp_path, partition="cpu"))
     assert report["hosts"][0]["failed_step"] == "partition"
     assert "no partition 'cpu' on this cluster (there are: gpu)" in report["hosts"][0]["error"]
+
+
+def test_a_shared_workdir_gets_the_agent_once_per_cluster(slurm, arc, tmp_path):
+    service, cluster = arc(shared_workdir=True)
+    gates = Gates(tmp_path / "gates")
+    specs = [gates.spec(name, requirements={"gpus": 2}, time_limit_s=300) for name in ("a", "b")]
+    jobs = [j.job_id for j in service.submit_jobs(specs).jobs]
+    for job_id in jobs:      # a whole node each, at once: two allocations
+        wait_for(lambda: status(service, job_id)["status"] == "running", 120, f"{job_id} to run")
+    gates.open_all()
+    for job_id in jobs:
+        wait_for(lambda: status(service, job_id)["status"] == "succeeded", 60, f"{job_id} to succeed")
+    hosts = {status(service, job_id)["host"] for job_id in jobs}
+    assert len(hosts) == 2, hosts
+    nodes = tmp_path / "nodes"
+    assert len([p for p in (nodes / "agent").iterdir() if not p.name.startswith(".")]) == 1   # pushed once
+    for host in hosts:
+        assert (nodes / f"alloc-{host.removeprefix('uni-')}" / "agent").is_symlink()

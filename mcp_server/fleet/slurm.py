@@ -69,10 +69,13 @@ class SrunTransport(Transport):
 
     agent_mode = "serve --via-socket"
 
-    def __init__(self, login: Transport, host: HostConfig, job_id: str):
+    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None):
         self.login, self.host, self.name, self.job_id = login, host, host.name, job_id
+        self.shared = shared
 
     def _in_allocation(self, command: str) -> str:
+        if self.shared is not None:
+            command = _share_trees(self.shared, self.host.workdir) + command
         return f"exec srun --jobid={self.job_id} --overlap --quiet -N1 -n1 /bin/sh -c {shlex.quote(command)}"
 
     def connect(self, timeout: float) -> None:
@@ -138,7 +141,8 @@ class SlurmCluster(HostSource):
         job_id = name[len(self.name) + 1:]
         with self._lock:
             allocation = self._allocations[job_id]
-        return SrunTransport(self.login, self._host(allocation), job_id)
+        return SrunTransport(self.login, self._host(allocation), job_id,
+                             self.config.workdir if self.config.shared_workdir else None)
 
     def facts(self, name: str) -> HostFacts:
         with self._lock:
@@ -336,6 +340,15 @@ def _ended(a: Allocation | None, job_id: str) -> str:
         return f"Slurm job {job_id} (its allocation) left Slurm's queue"
     reason = f" ({a.reason})" if a.reason and a.reason != "None" else ""
     return f"Slurm ended its allocation (job {job_id} {a.state}{reason})"
+
+
+def _share_trees(workdir: str, allocation_workdir: str) -> str:
+    """Shell that points an allocation's agent/, code/ and data/ at the cluster workdir's (a shared filesystem): what
+    one allocation pushed, the next finds there. Before every command, since the first one already checks for the
+    agent; claims and jobs stay the allocation's own."""
+    shared, own = shell_path(workdir.rstrip("/")), shell_path(allocation_workdir)
+    return (f"mkdir -p {own} {shared}/agent {shared}/code {shared}/data && for k in agent code data; do "
+            f"[ -L {own}/$k ] || ln -sn {shared}/$k {own}/$k 2>/dev/null || [ -L {own}/$k ]; done && ")
 
 
 def _allocation_workdir(workdir: str, job_id: str) -> str:
