@@ -34,7 +34,7 @@ from mcp_server.fleet.transport import DEFAULT_MAX_OUTPUT, CommandResult, Proces
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT_S = 20.0
-SETTLE_S = 20.0              # a new allocation gets this long to take queued work before another one is asked for
+SETTLE_S = 20.0              # a new allocation gets this long to take the queued work it can hold
 NEAR_END_FRACTION = 0.25     # an allocation with less than this share of its walltime left is replaced, not counted
 IDLE_CHECK_S = 2.0
 SIMULATED_MEMORY_GB = 80.0
@@ -175,9 +175,10 @@ class SlurmCluster(HostSource):
         if not self._read_queue():
             return      # what runs there may still run: keep the allocations until Slurm says otherwise
         now = time.monotonic()
-        wanted = sum(1 for job in demand.queued if self.could_make(job.requirements, job.time_limit_s))
+        wanted = sum(int(job.requirements.get("gpus", 1)) for job in demand.queued
+                     if self.could_make(job.requirements, job.time_limit_s))
         if wanted:
-            self._grow(now)
+            self._grow(now, wanted)
         self._release_idle(now, busy=bool(wanted))
 
     def _read_queue(self) -> bool:
@@ -219,15 +220,16 @@ class SlurmCluster(HostSource):
         host = req.get("host")
         return not host or host == self.name or host.startswith(self.name + "-")
 
-    def _grow(self, now: float) -> None:
+    def _grow(self, now: float, queued_gpus: int) -> None:
         with self._lock:
             allocations = list(self._allocations.values())
         if any(a.state in PENDING_STATES for a in allocations):
             return      # one request at a time: the pending one shows why capacity is not there yet
         usable = [a for a in allocations if a.state in RUNNING_STATES and not self._near_end(a)]
-        if any(now - (a.running_since or now) < SETTLE_S for a in usable):
-            return      # a fresh allocation has not taken the queue yet
-        if len(usable) < self.config.max_nodes:
+        fresh = [a for a in usable if now - (a.running_since or now) < SETTLE_S]
+        # A fresh allocation takes up to gpus_per_node of the queue's GPUs: ask for another only for what it cannot
+        # (a queue of 40 one-GPU jobs wants every node now, not one node every SETTLE_S)
+        if len(usable) < self.config.max_nodes and queued_gpus > len(fresh) * self.config.gpus_per_node:
             self.submit()
 
     def _near_end(self, a: Allocation) -> bool:
