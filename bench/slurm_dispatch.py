@@ -59,6 +59,7 @@ def figures(runs: list[tuple[str, float, float]], gpus: int, submitted: float) -
 
 
 def run_arc(root: Path, slurm: SlurmHarness, jobs: int, seconds: float, gpus: int) -> list[dict[str, float]]:
+    root.mkdir(parents=True)
     hosts = root / "hosts.yaml"
     nodes = root / "nodes"
     hosts.write_text(yaml.safe_dump({"clusters": [{

@@ -133,9 +133,10 @@ class SlurmCluster(HostSource):
             # allocation not listed yet would read as a host removed from the file, and its jobs as lost.
             self._read_queue()
         with self._lock:
-            # An ending allocation stays a host (its session is down, nothing is dispatched there) until Slurm names
-            # how it ended: that is the reason its jobs get.
-            return [self._host(a) for a in self._allocations.values() if a.state in RUNNING_STATES | ENDING_STATES]
+            # An allocation that ends under its jobs stays a host (its session is down, nothing is dispatched there)
+            # until Slurm names how it ended: that is the reason its jobs get. One arc released is no host again.
+            return [self._host(a) for a in self._allocations.values()
+                    if a.state in RUNNING_STATES or (a.state in ENDING_STATES and a.running_since is not None)]
 
     def transport(self, name: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> Transport:
         job_id = name[len(self.name) + 1:]
@@ -198,6 +199,8 @@ class SlurmCluster(HostSource):
                 if a.state in RUNNING_STATES:
                     a.running_since = old.running_since if old and old.running_since else now
                     a.idle_since = old.idle_since if old else None
+                elif a.state in ENDING_STATES and old is not None:
+                    a.running_since = old.running_since
             for job_id, old in self._allocations.items():
                 a = seen.get(job_id)
                 if old.state in RUNNING_STATES | ENDING_STATES and (
