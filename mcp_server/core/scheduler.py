@@ -194,8 +194,9 @@ class Scheduler:
         for name in removed:
             with self._lock:
                 self.hosts.pop(name, None)
+                self._busy_cpu.pop(name, None)
             for job in self.history.jobs(status=list(IN_FLIGHT_STATUSES), host=name, limit=None):
-                reason = f"its host {name} is gone"
+                reason = next((r for s in self.fleet.sources if (r := s.why_gone(name))), f"its host {name} is gone")
                 if self._retry(job, name, reason):
                     continue
                 if self.history.update_job(job["job_id"], expect_status=job["status"], status=JobStatus.LOST,

@@ -1,4 +1,6 @@
-"""Bootstrap and check hosts: push the agent and the trainer, check Python, NVML and torch, report readiness."""
+"""Bootstrap and check hosts: push the agent and the trainer, check Python, NVML and torch, report readiness.
+A Slurm cluster gets one row of its own: its Slurm commands, partition and GRES type, and Python and torch on a node
+through a short srun (its allocations are made later, by the daemon, when work is queued)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +13,7 @@ from typing import Any, Callable
 
 from mcp_server.fleet.connect import DEFAULT_CONNECT_TIMEOUT_S, make_transport
 from mcp_server.fleet.errors import FleetError
-from mcp_server.fleet.hosts_config import HostsFile, load_hosts
+from mcp_server.fleet.hosts_config import ClusterConfig, HostsFile, load_hosts
 from mcp_server.fleet.push import push_tree
 from mcp_server.fleet.session import AGENT_DIR, HostSession, prepare_agent
 from mcp_server.fleet.transport import Transport
@@ -22,6 +24,9 @@ TRAINER_DIR = Path(__file__).resolve().parents[2] / TRAINER_PACKAGE
 MIN_PYTHON = (3, 10)
 TORCH_TIMEOUT_S = 90.0             # a cold `import torch` takes tens of seconds on some hosts
 STEPS = ("connect", "python", "agent", "code", "torch", "agent hello", "inventory")
+CLUSTER_STEPS = ("connect", "slurm", "partition", "gres", "python on a node")
+SLURM_COMMANDS = ("sbatch", "squeue", "srun", "scancel", "sinfo")
+SRUN_IMMEDIATE_S = 60              # a check waits this long for a node, then says the partition is full
 MAX_PARALLEL = 32
 
 ProgressCallback = Callable[[str, str, int, int], None]   # (host, step, steps done, steps in all)
@@ -60,6 +65,7 @@ class HostReadiness:
     torch: str | None = None              # version, "absent", or "unknown: why"
     cuda: bool | None = None
     warnings: list[str] = field(default_factory=list)
+    slurm: str | None = None              # a cluster's row: Slurm's version, partition and GRES as found
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,17 +80,125 @@ def check_hosts(hosts_file: HostsFile | str | os.PathLike, progress_callback: Pr
                 hosts: list[str] | None = None, agent_dir: Path = AGENT_DIR, code_dir: Path | None = TRAINER_DIR,
                 torch_timeout: float = TORCH_TIMEOUT_S,
                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> list[HostReadiness]:
-    """Bootstrap every host (or `hosts`) in parallel; one readiness record each, in hosts-file order."""
+    """Bootstrap every host (or `hosts`) in parallel, then check each cluster (all of them when `hosts` is None, else
+    those it names); one readiness record each, in hosts-file order."""
     hf = hosts_file if isinstance(hosts_file, HostsFile) else load_hosts(hosts_file)
-    names = hosts if hosts is not None else hf.names
+    names = [n for n in hosts if n in hf.names] if hosts is not None else hf.names
+    clusters = [c for c in hf.clusters if hosts is None or c.name in hosts]
 
     def one(name: str) -> HostReadiness:
         return bootstrap_host(make_transport(hf, name, connect_timeout), progress_callback, agent_dir=agent_dir,
                               code_dir=code_dir, torch_timeout=torch_timeout, connect_timeout=connect_timeout,
                               route=_describe(hf, name))
 
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(names))), thread_name_prefix="arc-check") as pool:
-        return list(pool.map(one, names))
+    def cluster(config: ClusterConfig) -> HostReadiness:
+        return check_cluster(config, progress_callback, torch_timeout=torch_timeout, connect_timeout=connect_timeout)
+
+    work = len(names) + len(clusters)
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, work)), thread_name_prefix="arc-check") as pool:
+        host_rows = pool.map(one, names)
+        cluster_rows = pool.map(cluster, clusters)
+        return [*host_rows, *cluster_rows]
+
+
+def check_cluster(config: ClusterConfig, progress_callback: ProgressCallback | None = None, *,
+                  torch_timeout: float = TORCH_TIMEOUT_S,
+                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> HostReadiness:
+    """A cluster's row: can arc submit there as hosts.yaml says, and run its agent on a node? Submits no holder."""
+    from mcp_server.fleet.slurm import login_transport, slurm_flags
+
+    start = time.monotonic()
+    login = config.login
+    r = HostReadiness(config.name, "slurm", "login on this machine" if login.transport == "local" else
+                      f"login {login.user + '@' if login.user else ''}{login.address}:{login.port}")
+    done = 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        r.failed_step = name
+        if progress_callback is not None:
+            progress_callback(r.host, name, done, len(CLUSTER_STEPS))
+        done += 1
+
+    transport = login_transport(config, connect_timeout)
+
+    def run(command: str, timeout: float = connect_timeout) -> str:
+        res = transport.run(command, timeout=timeout)
+        if res.exit_code != 0:
+            raise _StepFailed(f"`{command[:120]}` failed on the login (exit {res.exit_code}): "
+                              f"{res.text.strip()[-300:]}; fix: make it work there (slurmctld up and reachable, "
+                              f"SLURM_CONF or the config Slurm finds), or correct the cluster entry")
+        return res.text
+
+    try:
+        step("connect")
+        transport.connect(connect_timeout)
+        step("slurm")
+        found = run("for c in " + " ".join(SLURM_COMMANDS) + "; do command -v $c >/dev/null || echo missing:$c; "
+                    "done; sinfo --version")
+        missing = [w.split(":", 1)[1] for w in found.split() if w.startswith("missing:")]
+        if missing:
+            raise _StepFailed(f"{', '.join(missing)} not found on the login's PATH; fix: run arc where Slurm's "
+                              f"client commands work (login: in the cluster entry), or install slurm-client")
+        version = found.strip().splitlines()[-1]
+        step("partition")
+        partitions = {}
+        for line in run("sinfo -h -o '%P|%a|%D'").splitlines():
+            name, avail, nodes = (line.split("|") + ["", ""])[:3]
+            partitions[name.rstrip("*")] = (name.endswith("*"), avail, nodes)
+        wanted = config.partition or next((p for p, (default, _, _) in partitions.items() if default), None)
+        if wanted is None or wanted not in partitions:
+            raise _StepFailed(f"no partition {config.partition!r} on this cluster (there are: "
+                              f"{', '.join(partitions) or 'none'}); fix: set partition: to one of them"
+                              if config.partition else "the cluster has no default partition; fix: set partition:")
+        _, avail, nodes = partitions[wanted]
+        if avail != "up":
+            r.warnings.append(f"partition {wanted} is {avail}: allocations wait until it is up")
+        step("gres")
+        gres = sorted({g for line in run(f"sinfo -h -p {shlex.quote(wanted)} -o '%G'").splitlines()
+                       for g in line.split(",") if g.startswith("gpu")})
+        fits = [g for g in gres if _gres_count(g, config.gpu_type) >= config.gpus_per_node]
+        if not fits:
+            raise _StepFailed(f"no node of partition {wanted} has gpu:{config.gpu_type}:{config.gpus_per_node} "
+                              f"(its GRES: {', '.join(gres) or 'none'}); fix: set gpu_type to the GRES type and "
+                              f"gpus_per_node to at most a node's count")
+        r.slurm = f"{version}, partition {wanted} ({avail}, {nodes} nodes), {', '.join(fits)}"
+        step("python on a node")
+        probe = f"{shlex.quote(config.python)} -c {shlex.quote(_PYTHON_VERSION + _TORCH_VERSION)}"
+        flags = " ".join(shlex.quote(f) for f in slurm_flags(config, partition=wanted))
+        out = run(f"srun --immediate={SRUN_IMMEDIATE_S} -N1 -n1 --time=5 --job-name=arc-check "
+                  f"{flags} {probe}", timeout=SRUN_IMMEDIATE_S + torch_timeout).strip().splitlines()
+        if len(out) < 2:
+            raise _StepFailed(f"{config.python} on a node printed {out!r}; fix: set python: to a Python >= 3.10 "
+                              f"that the nodes have")
+        r.python = out[-2].strip()
+        if tuple(int(x) for x in r.python.split(".")[:2]) < MIN_PYTHON:
+            raise _StepFailed(f"{config.python} on the nodes is Python {r.python}; arc's agent needs >= 3.10; fix: "
+                              f"set python: /path/to/python3.10-or-newer in the cluster entry")
+        words = out[-1].split()
+        if words == ["absent"]:
+            r.torch = "absent"
+            r.warnings.append("torch is not installed on the nodes: the trainer cannot run there (pip install torch)")
+        else:
+            r.torch, r.cuda = words[0], words[-1] == "True"
+        r.ready, r.failed_step = True, None
+    except (FleetError, _StepFailed) as e:
+        r.error = e.message if isinstance(e, FleetError) else str(e)
+    finally:
+        transport.close()
+        r.seconds = time.monotonic() - start
+        if progress_callback is not None:
+            progress_callback(r.host, "ready" if r.ready else f"failed at {r.failed_step}", len(CLUSTER_STEPS),
+                              len(CLUSTER_STEPS))
+    return r
+
+
+def _gres_count(gres: str, gpu_type: str) -> int:
+    """GPUs of `gpu_type` in one sinfo GRES item: gpu:h100:2(S:0-1) -> 2; another type -> 0."""
+    parts = gres.split("(")[0].split(":")
+    if len(parts) != 3 or parts[1] != gpu_type:
+        return 0
+    return int(parts[2]) if parts[2].isdigit() else 0
 
 
 def bootstrap_host(transport: Transport, progress_callback: ProgressCallback | None = None, *,

@@ -15,7 +15,7 @@ from mcp_server.fleet.hosts_config import HostsFile, load_hosts
 
 
 def readiness_table(results: list[HostReadiness]) -> Group:
-    """One row per host, then each problem in full (a table cell would cut it)."""
+    """One row per host and per cluster, then each problem in full (a table cell would cut it)."""
     ready = sum(r.ready for r in results)
     table = Table(title=f"{ready}/{len(results)} hosts ready", title_justify="left")
     for col in ("host", "status", "address", "python", "agent", "gpus", "cpu slots", "torch", "time"):
@@ -40,7 +40,7 @@ def check_hosts_live(hosts_file: HostsFile | str | os.PathLike, console: Console
     """check_hosts() with a progress row per host while it runs, then the readiness table."""
     console = console or Console()
     hf = hosts_file if isinstance(hosts_file, HostsFile) else load_hosts(hosts_file)
-    names = kwargs.get("hosts") or hf.names
+    names = kwargs.get("hosts") or [*hf.names, *(c.name for c in hf.clusters)]
     progress = Progress(SpinnerColumn(), TextColumn("{task.fields[host]:<16}"), BarColumn(bar_width=20),
                         TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
     with progress:
@@ -55,6 +55,8 @@ def check_hosts_live(hosts_file: HostsFile | str | os.PathLike, console: Console
 
 
 def _gpus(r: HostReadiness) -> str:
+    if r.slurm:
+        return r.slurm      # a cluster: what its partition offers (allocations come later)
     if not r.gpus:
         return "none" if r.gpu_source else ""
     counts = Counter((g["name"], round((g["memory_total_mb"] or 0) / 1024)) for g in r.gpus)

@@ -34,12 +34,16 @@ from mcp_server.fleet.transport import DEFAULT_MAX_OUTPUT, CommandResult, Proces
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT_S = 20.0
-SETTLE_S = 20.0              # a new allocation gets this long to take queued work before another one is asked for
+SETTLE_S = 20.0              # a new allocation gets this long to take the queued work it can hold
 NEAR_END_FRACTION = 0.25     # an allocation with less than this share of its walltime left is replaced, not counted
 IDLE_CHECK_S = 2.0
 SIMULATED_MEMORY_GB = 80.0
 RUNNING_STATES = {"RUNNING"}
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING"}
+# A job that has begun to end (COMPLETING) gets its final state (CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, ...) at
+# once, which is the reason worth recording; squeue -t all shows it until MinJobAge purges the job.
+ENDING_STATES = {"COMPLETING", "SIGNALING", "STAGE_OUT"}
+LIVE_STATES = RUNNING_STATES | PENDING_STATES | ENDING_STATES
 
 
 def owner_id(state_dir: Path) -> str:
@@ -65,10 +69,13 @@ class SrunTransport(Transport):
 
     agent_mode = "serve --via-socket"
 
-    def __init__(self, login: Transport, host: HostConfig, job_id: str):
+    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None):
         self.login, self.host, self.name, self.job_id = login, host, host.name, job_id
+        self.shared = shared
 
     def _in_allocation(self, command: str) -> str:
+        if self.shared is not None:
+            command = _share_trees(self.shared, self.host.workdir) + command
         return f"exec srun --jobid={self.job_id} --overlap --quiet -N1 -n1 /bin/sh -c {shlex.quote(command)}"
 
     def connect(self, timeout: float) -> None:
@@ -110,6 +117,8 @@ class SlurmCluster(HostSource):
         self.error: str | None = None
         self._lock = threading.Lock()
         self._allocations: dict[str, Allocation] = {}
+        self._read = False                  # Slurm's queue read once (allocations adopted)
+        self._gone: dict[str, str] = {}     # host name -> why Slurm ended that allocation (for the jobs it took)
         self._last_idle_check = 0.0
         self._class = gpu_class(config.gpu_model)
 
@@ -119,19 +128,30 @@ class SlurmCluster(HostSource):
         return f"{self.name}-{job_id}"
 
     def hosts(self) -> Sequence[HostConfig]:
+        if not self._read:
+            # A restarted daemon adopts its allocations before it settles the jobs its history has on them: an
+            # allocation not listed yet would read as a host removed from the file, and its jobs as lost.
+            self._read_queue()
         with self._lock:
-            return [self._host(a) for a in self._allocations.values() if a.state in RUNNING_STATES]
+            # An allocation that ends under its jobs stays a host (its session is down, nothing is dispatched there)
+            # until Slurm names how it ended: that is the reason its jobs get. One arc released is no host again.
+            return [self._host(a) for a in self._allocations.values()
+                    if a.state in RUNNING_STATES or (a.state in ENDING_STATES and a.running_since is not None)]
 
     def transport(self, name: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> Transport:
         job_id = name[len(self.name) + 1:]
         with self._lock:
             allocation = self._allocations[job_id]
-        return SrunTransport(self.login, self._host(allocation), job_id)
+        return SrunTransport(self.login, self._host(allocation), job_id,
+                             self.config.workdir if self.config.shared_workdir else None)
 
     def facts(self, name: str) -> HostFacts:
         with self._lock:
             allocation = self._allocations.get(name[len(self.name) + 1:])
         return HostFacts(expires_at=allocation.expires_at) if allocation else HostFacts()
+
+    def why_gone(self, name: str) -> str | None:
+        return self._gone.get(name)
 
     def pending(self) -> dict[str, HostFacts]:
         with self._lock:
@@ -153,13 +173,25 @@ class SlurmCluster(HostSource):
     # ---- once a tick -------------------------------------------------------------------------------------
 
     def refresh(self, demand: Demand) -> None:
+        if not self._read_queue():
+            return      # what runs there may still run: keep the allocations until Slurm says otherwise
+        now = time.monotonic()
+        wanted = sum(int(job.requirements.get("gpus", 1)) for job in demand.queued
+                     if self.could_make(job.requirements, job.time_limit_s))
+        if wanted:
+            self._grow(now, wanted)
+        self._release_idle(now, busy=bool(wanted))
+
+    def _read_queue(self) -> bool:
+        """This state dir's allocations as Slurm has them now; False when Slurm cannot be asked (then `error`)."""
         try:
             seen = self._squeue()
         except FleetError as e:
             self.error = e.message
             log.warning("cluster %s: %s", self.name, e.message)
-            return      # what runs there may still run: keep the allocations until Slurm says otherwise
+            return False
         self.error = None
+        self._read = True
         now = time.monotonic()
         with self._lock:
             for job_id, a in seen.items():
@@ -167,11 +199,15 @@ class SlurmCluster(HostSource):
                 if a.state in RUNNING_STATES:
                     a.running_since = old.running_since if old and old.running_since else now
                     a.idle_since = old.idle_since if old else None
-            self._allocations = seen
-        wanted = sum(1 for job in demand.queued if self.could_make(job.requirements, job.time_limit_s))
-        if wanted:
-            self._grow(now)
-        self._release_idle(now, busy=bool(wanted))
+                elif a.state in ENDING_STATES and old is not None:
+                    a.running_since = old.running_since
+            for job_id, old in self._allocations.items():
+                a = seen.get(job_id)
+                if old.state in RUNNING_STATES | ENDING_STATES and (
+                        a is None or a.state not in RUNNING_STATES | ENDING_STATES):
+                    self._gone[self.host_name(job_id)] = _ended(a, job_id)
+            self._allocations = {j: a for j, a in seen.items() if a.state in LIVE_STATES}
+        return True
 
     def could_make(self, req: dict, time_limit_s: float | None = None) -> bool:
         if time_limit_s is not None and time_limit_s > self.config.walltime_s:
@@ -187,15 +223,16 @@ class SlurmCluster(HostSource):
         host = req.get("host")
         return not host or host == self.name or host.startswith(self.name + "-")
 
-    def _grow(self, now: float) -> None:
+    def _grow(self, now: float, queued_gpus: int) -> None:
         with self._lock:
             allocations = list(self._allocations.values())
         if any(a.state in PENDING_STATES for a in allocations):
             return      # one request at a time: the pending one shows why capacity is not there yet
         usable = [a for a in allocations if a.state in RUNNING_STATES and not self._near_end(a)]
-        if any(now - (a.running_since or now) < SETTLE_S for a in usable):
-            return      # a fresh allocation has not taken the queue yet
-        if len(usable) < self.config.max_nodes:
+        fresh = [a for a in usable if now - (a.running_since or now) < SETTLE_S]
+        # A fresh allocation takes up to gpus_per_node of the queue's GPUs: ask for another only for what it cannot
+        # (a queue of 40 one-GPU jobs wants every node now, not one node every SETTLE_S)
+        if len(usable) < self.config.max_nodes and queued_gpus > len(fresh) * self.config.gpus_per_node:
             self.submit()
 
     def _near_end(self, a: Allocation) -> bool:
@@ -242,7 +279,7 @@ class SlurmCluster(HostSource):
         return r.text
 
     def _squeue(self) -> dict[str, Allocation]:
-        out = self._slurm(f"squeue -h --name={shlex.quote(self.job_name)} -o '%i|%T|%r|%S|%L|%N|%k'")
+        out = self._slurm(f"squeue -h -t all --name={shlex.quote(self.job_name)} -o '%i|%T|%r|%S|%L|%N|%k'")
         found: dict[str, Allocation] = {}
         now = time.time()
         for line in out.splitlines():
@@ -251,6 +288,10 @@ class SlurmCluster(HostSource):
                 continue
             job_id, state, reason, start, left, node, _ = parts
             seconds = walltime_seconds(left)
+            if seconds is None and state in RUNNING_STATES:
+                # Past its time limit Slurm shows no time left ("INVALID") until it gets round to ending the job
+                # (tens of seconds): the allocation is ending, not endless.
+                seconds = 0
             found[job_id] = Allocation(job_id, state, reason, start, None if seconds is None else now + seconds,
                                        node)
         return found
@@ -267,9 +308,7 @@ class SlurmCluster(HostSource):
         flags = ["--parsable", f"--job-name={self.job_name}", f"--comment=arc owner={self.owner} cluster={c.name}",
                  f"--gres=gpu:{c.gpu_type}:{c.gpus_per_node}", "--nodes=1", "--ntasks=1",
                  f"--time={_slurm_time(c.walltime_s)}", "--output=/dev/null"]
-        flags += [f"--{k}={v}" for k, v in (("partition", c.partition), ("account", c.account), ("qos", c.qos),
-                                            ("constraint", c.constraint)) if v]
-        flags += list(c.sbatch_args)
+        flags += slurm_flags(c)
         job_id = self._slurm("sbatch " + " ".join(shlex.quote(f) for f in flags), stdin=script.encode())
         job_id = job_id.strip().splitlines()[-1].split(";")[0]
         log.info("cluster %s: asked for an allocation (Slurm job %s)", self.name, job_id)
@@ -286,13 +325,35 @@ class SlurmCluster(HostSource):
 
     def release(self) -> list[str]:
         """Cancel every allocation of this arc state directory on the cluster, running or pending."""
-        job_ids = sorted(self._squeue())
+        job_ids = sorted(j for j, a in self._squeue().items() if a.state in RUNNING_STATES | PENDING_STATES)
         self.cancel(job_ids)
         return job_ids
 
     def close(self) -> None:
         """Allocations outlive the daemon on purpose (a restart adopts them); `arc clusters release` ends them."""
         self.login.close()
+
+
+def slurm_flags(c: ClusterConfig, partition: str | None = None) -> list[str]:
+    """Where the cluster entry says arc's jobs go (partition, account, qos, constraint, its own sbatch_args)."""
+    return [f"--{k}={v}" for k, v in (("partition", partition or c.partition), ("account", c.account),
+                                      ("qos", c.qos), ("constraint", c.constraint)) if v] + list(c.sbatch_args)
+
+
+def _ended(a: Allocation | None, job_id: str) -> str:
+    if a is None:
+        return f"Slurm job {job_id} (its allocation) left Slurm's queue"
+    reason = f" ({a.reason})" if a.reason and a.reason != "None" else ""
+    return f"Slurm ended its allocation (job {job_id} {a.state}{reason})"
+
+
+def _share_trees(workdir: str, allocation_workdir: str) -> str:
+    """Shell that points an allocation's agent/, code/ and data/ at the cluster workdir's (a shared filesystem): what
+    one allocation pushed, the next finds there. Before every command, since the first one already checks for the
+    agent; claims and jobs stay the allocation's own."""
+    shared, own = shell_path(workdir.rstrip("/")), shell_path(allocation_workdir)
+    return (f"mkdir -p {own} {shared}/agent {shared}/code {shared}/data && for k in agent code data; do "
+            f"[ -L {own}/$k ] || ln -sn {shared}/$k {own}/$k 2>/dev/null || [ -L {own}/$k ]; done && ")
 
 
 def _allocation_workdir(workdir: str, job_id: str) -> str:

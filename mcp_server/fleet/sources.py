@@ -56,6 +56,10 @@ class HostSource(ABC):
     def facts(self, name: str) -> HostFacts:
         return HostFacts()
 
+    def why_gone(self, name: str) -> str | None:
+        """Why host `name` went away, in the infrastructure's words (Slurm's end state), if the source knows."""
+        return None
+
     def could_make(self, requirements: dict, time_limit_s: float | None = None) -> bool:
         """True when this source would make a host for a job with these requirements that lives past the job's time
         limit (None: any lifetime; static hosts: never)."""

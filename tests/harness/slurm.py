@@ -27,6 +27,7 @@ class SlurmHarness:
     root: Path
     gpus_per_node: int
     gpu_type: str = "h100"
+    tuned: bool = True      # Epilog set and no batch scheduling delay (FACTS.md: 1.0 s → 0.05 s between jobs)
     started_munge: bool = False
     pids: dict[str, Path] = field(default_factory=dict)     # daemon -> its pid file
 
@@ -48,12 +49,12 @@ class SlurmHarness:
         return r.stdout
 
     @classmethod
-    def create(cls, root: Path, fleet: NetnsFleet, gpus_per_node: int = 2) -> "SlurmHarness":
+    def create(cls, root: Path, fleet: NetnsFleet, gpus_per_node: int = 2, tuned: bool = True) -> "SlurmHarness":
         for tool in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"):
             if not os.access(tool, os.X_OK):
                 raise HarnessError(f"{tool} missing: apt-get install -y slurmctld slurmd slurm-client munge")
         root.mkdir(parents=True, exist_ok=True)
-        h = cls(fleet=fleet, root=root, gpus_per_node=gpus_per_node)
+        h = cls(fleet=fleet, root=root, gpus_per_node=gpus_per_node, tuned=tuned)
         try:
             h._munge()
             h._write_config()
@@ -89,8 +90,9 @@ class SlurmHarness:
             "AuthType=auth/munge", "ProctrackType=proctrack/cgroup", "TaskPlugin=task/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
-            "MailProg=/bin/true", "ReturnToService=2", "Epilog=/bin/true", "GresTypes=gpu",
-            "SchedulerParameters=batch_sched_delay=0", "MinJobAge=300", "SlurmUser=root", "SlurmdUser=root",
+            "MailProg=/bin/true", "ReturnToService=2", "GresTypes=gpu",
+            *(["Epilog=/bin/true", "SchedulerParameters=batch_sched_delay=0"] if self.tuned else []),
+            "MinJobAge=300", "SlurmUser=root", "SlurmdUser=root",
             f"StateSaveLocation={spool / 'ctld'}", f"SlurmdSpoolDir={spool}/slurmd-%n",
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root}/slurmd-%n.pid",
             f"SlurmctldLogFile={self.root / 'slurmctld.log'}", f"SlurmdLogFile={self.root}/slurmd-%n.log",
@@ -132,6 +134,23 @@ class SlurmHarness:
         out = self.run("squeue", "-h", "-o", "%i|%j|%T|%r|%k")
         return [dict(zip(("id", "name", "state", "reason", "comment"), line.split("|", 4)))
                 for line in out.splitlines() if line.strip()]
+
+    def steps(self, job_id: str) -> list[str]:
+        """The steps running in job `job_id` other than its batch step ("ID.0", ...): `srun --overlap` steps."""
+        out = self.run("squeue", "-h", "-s", "-j", job_id, "-o", "%i", check=False)
+        return [s for s in out.split() if "." in s and not s.endswith((".batch", ".extern"))]
+
+    def stop_slurmctld(self) -> None:
+        self.stop_daemon("slurmctld")
+
+    def start_slurmctld(self) -> None:
+        """Again after stop_slurmctld(): it recovers its jobs from StateSaveLocation, as after a real restart."""
+        self._start("slurmctld", ["/usr/sbin/slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
+        deadline = time.monotonic() + UP_S
+        while subprocess.run(["squeue", "-h"], env=self.env(), capture_output=True, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"slurmctld did not answer within {UP_S:g}s; see {self.root}/slurmctld.log")
+            time.sleep(0.1)
 
     def stop_daemon(self, name: str) -> None:
         pidfile = self.pids.get(name)
