@@ -16,17 +16,19 @@ import sys
 
 from ...core.operations import registry
 from .arguments import add_operation
-from .commands import add_commands
+from .commands import COMMANDS, add_commands
 from .custom import CUSTOM
 from .hints import as_command_line
 from .reach import CliError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(operations: bool = True) -> argparse.ArgumentParser:
+    """`arc`'s parser; without `operations`, only the commands that are not service operations (`arc mcp`, `arc
+    daemon`, ...): those start without importing the service's declarations."""
     p = argparse.ArgumentParser(prog="arc", description="Run autoresearch experiments on a GPU fleet.")
     _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for op in registry().values():
+    for op in registry().values() if operations else ():
         if op.name in CUSTOM:
             CUSTOM[op.name](sub)
         else:
@@ -58,8 +60,21 @@ def subcommands(parser: argparse.ArgumentParser):
                 yield from subcommands(command)
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command's name: the first word that is neither a global option nor its value."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--hosts", "--state-dir", "--research"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `arc mcp` starts once per Claude session: it and the other non-operation commands skip the declarations.
+    args = build_parser(operations=_command_word(argv) not in COMMANDS).parse_args(argv)
     try:
         return args.fn(args)
     except CliError as e:

@@ -15,6 +15,10 @@ from .reach import CliError, check_hosts_file, client, fleet, missing_fleet, res
 from .render import console, emit
 
 
+# The commands below: `arc` builds only these (not the operations) when one of them is asked for.
+COMMANDS = ("init", "hosts", "clusters", "daemon", "demo", "data", "dashboard", "report", "mcp")
+
+
 def add_commands(sub) -> None:
     """The commands that are not operations of the service: the fleet's hosts, the daemon, the data, the demo,
     the stdio bridge."""
