@@ -808,12 +808,7 @@ class Service:
         GPU class (gpu_class, e.g. the faster one) or on the same class with more seeds (default: seeds
         0..runs_per_side-1 from research.yaml). The answer links each original to its confirmation runs; once they
         end, keep_run(job_ids=<a candidate's>, against=<the incumbent's>) decides on that class."""
-        rows = [self._get(j) for j in job_ids]
-        classes = {r.get("gpu_class") or CPU_CLASS for r in rows}
-        if len(classes) > 1:
-            raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}): confirm one screening "
-                           "class's candidates at a time")
-        cls = classes.pop()
+        rows, cls = self._one_class(job_ids, "confirm one screening class's candidates at a time")
         steps = lineage(self.history, self.primary_metric, cls)
         if not steps:
             raise ArcError(f"{cls} has no incumbent to confirm against; run its baseline first")
@@ -918,14 +913,18 @@ class Service:
 
     # ---- the campaign's memory: keep / discard against the incumbent ----------------------------------------
 
-    def _decide(self, kind: DecisionKind, job_ids: list[str], reason: str, against: list[str] | None,
-                hypothesis_id: str | None, decided_by: str) -> DecisionResult:
+    def _one_class(self, job_ids: list[str], fix: str) -> tuple[list[dict], str]:
+        """The jobs' rows and the one GPU class they ran on (refused when they ran on several: `fix` says what to do)."""
         rows = [self._get(j) for j in job_ids]
         classes = {r.get("gpu_class") or CPU_CLASS for r in rows}
         if len(classes) > 1:
-            raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}); each class has its own "
-                           "incumbent: decide one class at a time (confirm_runs moves a candidate to another)")
-        cls = classes.pop()
+            raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}): {fix}")
+        return rows, classes.pop()
+
+    def _decide(self, kind: DecisionKind, job_ids: list[str], reason: str, against: list[str] | None,
+                hypothesis_id: str | None, decided_by: str) -> DecisionResult:
+        rows, cls = self._one_class(job_ids, "each class has its own incumbent: decide one class at a time "
+                                             "(confirm_runs moves a candidate to another)")
         if against is None:
             inc = incumbent(self.history, self.primary_metric, cls)
             if inc is None:

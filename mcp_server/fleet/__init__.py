@@ -6,14 +6,10 @@ subprocess, SSH), one agent session per host, pushes and bootstrap.
         fleet.session("gpu1").request("inventory", timeout=10)
         fleet.request_all("inventory")      # {host: result or the exception}
 """
-from __future__ import annotations
+from ..lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-# Each name is imported from its module on first use (PEP 562), so that importing one light part of this package
-# (a result model, a type) does not load the heavy ones: `arc --help` and `arc mcp` start without them.
-_EXPORTS = {
+# Each name is imported from its module on first use: importing one light part of this package loads no other.
+__getattr__, __all__ = lazy_exports(__name__, {
     "HostReadiness": ".bootstrap",
     "bootstrap_host": ".bootstrap",
     "check_hosts": ".bootstrap",
@@ -40,13 +36,4 @@ _EXPORTS = {
     "ProcessStream": ".transport",
     "Transport": ".transport",
     "shell_path": ".transport",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
+})

@@ -5,14 +5,10 @@
 - `run_user_sql`: serves one read-only SELECT from a person or the agent, bounded in rows and time.
 - `describe_history` / `History.describe()`: tables, columns and example queries for whoever writes SQL.
 """
-from __future__ import annotations
+from ..lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-# Each name is imported from its module on first use (PEP 562), so that importing one light part of this package
-# (a result model, a type) does not load the heavy ones: `arc --help` and `arc mcp` start without them.
-_EXPORTS = {
+# Each name is imported from its module on first use: importing one light part of this package loads no other.
+__getattr__, __all__ = lazy_exports(__name__, {
     "EXAMPLES": ".describe",
     "describe_history": ".describe",
     "MIGRATIONS": ".schema",
@@ -26,13 +22,4 @@ _EXPORTS = {
     "UserSqlError": ".usersql",
     "UserSqlResult": ".usersql",
     "run_user_sql": ".usersql",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
+})

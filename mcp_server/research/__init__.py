@@ -7,15 +7,10 @@
 - `triage`: why a job failed and what to do. `health`: search-health warnings. `hangs`: hung-job detection.
 - `snapshot_diff`: settings and code differences between two jobs.
 """
-from __future__ import annotations
+from ..lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-
-# Each name is imported from its module on first use (PEP 562), so that importing one light part of this package
-# (a result model, a type) does not load the heavy ones: `arc --help` and `arc mcp` start without them.
-_EXPORTS = {
+# Each name is imported from its module on first use: importing one light part of this package loads no other.
+__getattr__, __all__ = lazy_exports(__name__, {
     "Approval": ".checkpoints",
     "approve": ".checkpoints",
     "checkpoint_due": ".checkpoints",
@@ -51,13 +46,4 @@ _EXPORTS = {
     "Prices": ".usage",
     "Usage": ".usage",
     "measure_usage": ".usage",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
+})
