@@ -165,6 +165,7 @@ def test_the_report_opens_offline_with_the_same_runs(campaign, tmp_path):
     text = out.read_text()
     assert "http://" not in text.split("<script>", 1)[0] and "src=" not in text, "nothing may load from elsewhere"
     assert XSS not in text, "job output is never written unescaped"
+    assert "<table id='lineage'>" in text and "<table id='leaderboard'>" in text
 
     options = Options()
     options.binary_location = CHROMIUM

@@ -55,7 +55,7 @@ def campaign(service) -> dict[str, Any]:
 
 
 def fleet(service) -> dict[str, Any]:
-    return _op(service, "list_gpus")
+    return _op(service, "list_gpus", detail=True, limit=200)     # every GPU of up to 200 hosts: the whole grid
 
 
 def jobs(service, status: str | None, tag: str | None, hypothesis: str | None, gpu_class: str | None,

@@ -36,6 +36,12 @@ def render(data: dict[str, Any]) -> str:
                    [[b["gpu_class"], r["rank"], r["job_id"], r["metric"], r["vs_baseline"], r["changes"],
                      r.get("significance")] for b in data["leaderboard"]["classes"] for r in b["best"]],
                    "leaderboard")
+    lineage = _table(["class", "step", "runs", data["metric"], "gain over the step before", "significance", "since",
+                      "why"],
+                     [[b["gpu_class"], i, " ".join(step["job_ids"]), step["metric"], step.get("gain"),
+                       step.get("significance"), step.get("since"), step.get("why")]
+                      for b in data["leaderboard"]["classes"] for i, step in enumerate(b.get("lineage") or [])],
+                     "lineage")
     hyps = _table(["id", "status", "hypothesis", "verdict", "effect size", "runs"],
                   [[h["hyp_id"], h["status"], h["text"], h["verdict"], h["effect_size"], " ".join(h["jobs"])]
                    for h in data["hypotheses"]], "hypotheses")
@@ -57,6 +63,7 @@ def render(data: dict[str, Any]) -> str:
 <div id="chart"></div>
 <div class="cols"><div><h3>Budgets</h3>{budgets}</div><div><h3>Search health</h3><ul>{health}</ul></div></div>
 <h3>Leaderboard</h3>{board}
+<h3>Lineage: the baseline and each kept change</h3>{lineage}
 <h3>Hypotheses</h3>{hyps}
 <h3>Approvals</h3>{approvals}
 </main>

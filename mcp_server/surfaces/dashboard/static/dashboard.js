@@ -37,10 +37,11 @@ async function showFleet() {
   const grid = $("fleet-grid");
   grid.textContent = "";
   f.hosts.forEach(h => {
-    const box = el("div", {cls: "host" + (h.reachable ? "" : " down"), "data-host": h.name},
+    const box = el("div", {cls: "host" + (h.reachable ? "" : h.waiting ? " waiting" : " down"), "data-host": h.name},
                    el("b", {text: h.name}));
-    if (!h.reachable) box.append(el("div", {text: "unreachable: " + h.error}));
-    h.gpus.forEach(g => {
+    if (h.waiting) box.append(el("div", {text: "waiting: " + h.waiting}));    // a pending cluster allocation
+    else if (!h.reachable) box.append(el("div", {text: "unreachable: " + (h.error || "not connected")}));
+    (h.gpus || []).forEach(g => {
       const d = el("div", {cls: "gpu " + (g.job_id ? "busy" : "free"), "data-gpu": h.name + ":" + g.index},
         el("span", {text: `GPU ${g.index} ${g.model}${g.simulated ? " (simulated)" : ""} · `}),
         g.job_id && g.job_id.startsWith("j") ? jobLink(g.job_id) : el("span", {text: g.job_id || "free"}),
