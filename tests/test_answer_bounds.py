@@ -173,6 +173,9 @@ async def test_every_tool_answers_small_on_a_large_fleet(fleet_service):
             "research_status": {}, "suggest_configs": {}, "compare_runs": {"a": [a], "b": [b]},
             "measure_noise": {"gpu_class": "H100-SXM"}, "diff_jobs": {"a": a, "b": b}, "rerun_job": {"job_id": a},
             "cancel_jobs": {"job_ids": [busy[0]["job_id"]]},
+            "keep_run": {"job_ids": [b], "against": [a], "reason": "one run a side"},
+            "discard_run": {"job_ids": [b], "against": [a], "reason": "no better"},
+            "confirm_runs": {"job_ids": [b]},
         }
         for name, arguments in minimal.items():
             await call(name, arguments)

@@ -118,6 +118,13 @@ async def test_every_tool_over_stdio_on_ssh_hosts(arc_env, netns_hosts, tmp_path
         assert png.startswith(b"\x89PNG")
 
         assert data(await call("compare_runs", {"a": [better], "b": [base]}))["summary"]
+        # one run a side proves nothing: a keep is refused and says what would settle it; a discard is recorded
+        refused = error_text(await call("keep_run", {"job_ids": [better], "against": [base], "reason": "0.9 < 1.0"}))
+        assert "too few runs" in refused and "rerun_job" in refused
+        discarded = data(await call("discard_run", {"job_ids": [better], "against": [base], "reason": "unproven"}))
+        assert discarded["summary"]
+        confirming = data(await call("confirm_runs", {"job_ids": [better], "seeds": [1]}))
+        assert confirming["summary"]
         answer = await call("diff_jobs", {"a": base, "b": better})      # text blocks only; no code to diff here
         assert not answer.is_error and answer.structured_content is None
         diff = json.loads(answer.content[0].text)

@@ -105,3 +105,18 @@ def test_compare_jobs_on_real_history_rows(tmp_path):
     assert compare_jobs(base, [rows[ids[4]]], floors=floors).comparable is False
     with pytest.raises(ValueError, match="side b mixes GPU classes H100, H200"):
         compare_jobs(base, [rows[ids[3]], rows[ids[4]]])
+
+
+def test_a_step_budgeted_run_is_never_a_throughput_outlier():
+    """With a fixed step count a slowed run trains the same steps and scores the same: its speed is no confound.
+    With a time budget, speed decides how far it trains."""
+    from mcp_server.research.stats import throughput_outliers
+
+    def run(job_id: str, seconds: float, config: dict) -> dict:
+        return {"job_id": job_id, "status": "succeeded", "gpu_class": "cpu", "config": config,
+                "summary": {"training_seconds": seconds, "num_steps": 40}}
+
+    timed = [run("j1", 10, {}), run("j2", 10, {}), run("j3", 40, {})]
+    assert set(throughput_outliers(timed, 0.3)) == {"j3"}
+    stepped = [run(r["job_id"], r["summary"]["training_seconds"], {"max_steps": 40}) for r in timed]
+    assert throughput_outliers(stepped, 0.3) == {}

@@ -19,12 +19,11 @@ from pydantic import Field
 from ..fleet.errors import AgentError, HostUnavailable, RequestTimeout
 from ..research import (
     NOISE_TAG, Comparison, GuardError, Guardrails, GuardStatus, HangWatch, JobDiff, NoiseFloor, ResearchConfig,
-    ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hypotheses, insights, job_times, load_research,
-    judge, noise_floors, suggest_configs, throughput_outliers, triage, warm_trials,
+    ResearchConfigError, Sides, Triage, compare_jobs, diff_jobs, hypotheses, insights, job_times, judge, load_research,
+    noise_floors, suggest_configs, throughput_outliers, warm_trials,
 )
-from ..research.memory import (
-    decision_line, decision_view, incumbent, incumbent_line, incumbents, lineage, lineage_line,
-)
+from ..research.memory import decision_line, decision_view, incumbent, incumbent_line, incumbents, lineage, lineage_line
+from ..research.triage import triage
 from ..stores.code import CodeStore, CodeStoreError
 from ..stores.datasets import current_dataset
 from . import workloads
@@ -41,9 +40,10 @@ from .operations import Cli, Shown, operation
 from .paths import StatePaths
 from .user_pattern import MAX_SUBJECT_CHARS, UserPatternError, compile_user_pattern
 from .vocabulary import (
-    ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES,
-    DecisionKind, HypothesisStatus, JobStatus,
+    ACTIVE_STATUSES, DECIDED_HYPOTHESIS_STATUSES, FAILED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, DecisionKind,
+    HypothesisStatus, JobStatus,
 )
+
 
 if TYPE_CHECKING:
     from ..fleet.hosts_config import HostsFile

@@ -10,6 +10,7 @@
 from ..lazy import lazy_exports
 
 # Each name is imported from its module on first use: importing one light part of this package loads no other.
+# (Not `triage`, the function: once its module is imported, the package's attribute of that name is the module.)
 __getattr__, __all__ = lazy_exports(__name__, {
     "Approval": ".checkpoints",
     "approve": ".checkpoints",
@@ -42,7 +43,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "suggest_configs": ".suggest",
     "warm_trials": ".suggest",
     "Triage": ".triage",
-    "triage": ".triage",
     "Prices": ".usage",
     "Usage": ".usage",
     "measure_usage": ".usage",

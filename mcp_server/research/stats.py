@@ -170,12 +170,22 @@ def throughput(row: Mapping[str, Any]) -> float | None:
     return float(work) / float(seconds)
 
 
+def _step_budgeted(row: Mapping[str, Any]) -> bool:
+    """A trainer run bounded by a step count (config `max_steps`) rather than by its time budget."""
+    config = row.get("config")
+    config = json.loads(config) if isinstance(config, str) else config or {}
+    steps = config.get("max_steps") if isinstance(config, dict) else None
+    return isinstance(steps, (int, float)) and steps > 0
+
+
 def throughput_outliers(rows: Iterable[Mapping[str, Any]], share: float) -> dict[str, str]:
     """Within each GPU class (and preset, whose models differ in size), the succeeded runs whose throughput is off
     the median by more than `share` either way (0.3: faster than 1.3x or slower than 1/1.3 of it): a throttled or
     shared GPU, or a loaded host. Job id -> what was off."""
     groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for r in rows:
+        if _step_budgeted(r):   # it trained its fixed steps however fast it ran: speed cannot move its metric
+            continue
         speed = throughput(r) if r.get("status") == JobStatus.SUCCEEDED else None
         if speed is not None:
             groups.setdefault((str(r.get("gpu_class")), str(_preset(r))), []).append((r["job_id"], speed))
