@@ -31,6 +31,21 @@ MAX_PARALLEL = 32
 
 ProgressCallback = Callable[[str, str, int, int], None]   # (host, step, steps done, steps in all)
 
+
+def _stepper(r: "HostReadiness", total: int, progress_callback: ProgressCallback | None) -> Callable[[str], None]:
+    """`step(name)` for one readiness check: the step about to run is the one a failure names, and the progress
+    callback hears of it."""
+    done = 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        r.failed_step = name
+        if progress_callback is not None:
+            progress_callback(r.host, name, done, total)
+        done += 1
+
+    return step
+
 _PYTHON_VERSION = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
 _TORCH_VERSION = """
 try:
@@ -111,14 +126,7 @@ def check_cluster(config: ClusterConfig, progress_callback: ProgressCallback | N
     login = config.login
     r = HostReadiness(config.name, "slurm", "login on this machine" if login.transport == "local" else
                       f"login {login.user + '@' if login.user else ''}{login.address}:{login.port}")
-    done = 0
-
-    def step(name: str) -> None:
-        nonlocal done
-        r.failed_step = name
-        if progress_callback is not None:
-            progress_callback(r.host, name, done, len(CLUSTER_STEPS))
-        done += 1
+    step = _stepper(r, len(CLUSTER_STEPS), progress_callback)
 
     transport = login_transport(config, connect_timeout)
 
@@ -208,14 +216,7 @@ def bootstrap_host(transport: Transport, progress_callback: ProgressCallback | N
     """Push what the host needs and check it; closes the transport when done."""
     start = time.monotonic()
     r = HostReadiness(transport.name, transport.host.transport, route or transport.host.address or "this machine")
-    done = 0
-
-    def step(name: str) -> None:
-        nonlocal done
-        r.failed_step = name
-        if progress_callback is not None:
-            progress_callback(r.host, name, done, len(STEPS))
-        done += 1
+    step = _stepper(r, len(STEPS), progress_callback)
 
     session: HostSession | None = None
     try:
