@@ -1,9 +1,14 @@
 """How long a person and Claude Code wait for arc to answer at start-up.
 
-- `arc --help`: a person's first command (a Python start plus the CLI's imports);
+- `arc --help`: a person's first command (a Python start plus the CLI's imports), from the help index that any
+  full command of this build stores (core/startup_cache.py), and without one (the first command of a new build);
 - `arc mcp` to the answer of tools/list, with a daemon already running: what each new Claude session pays;
-- the same when `arc mcp` must start the daemon first (none runs for the state dir).
-Each figure is the median of --runs runs. The fleet is one `local` host with two simulated GPUs (the tests' own
+- the same when `arc mcp` must start the daemon first (none runs for the state dir): with the handshake a daemon of
+  this build gave before (answered by the relay while the daemon starts), and without (a new build's first
+  session); and, for the former, to the answer of the session's first tool call (list_gpus), which waits for the
+  daemon.
+Each figure is the median of --runs runs; the cache lives in a temporary ARC_CACHE_DIR, emptied for the "new build"
+runs. The fleet is one `local` host with two simulated GPUs (the tests' own
 hosts file), in a fresh state dir, so no SSH is timed.
 
     python bench/cold_start.py [--runs 5]
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +39,7 @@ HANDSHAKE = [
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}},
     {"jsonrpc": "2.0", "method": "notifications/initialized"},
     {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "list_gpus", "arguments": {}}},
 ]
 
 
@@ -47,10 +54,11 @@ def time_help(env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def time_tools_list(env: dict[str, str]) -> float:
-    """From starting `arc mcp` to reading tools/list's answer, sending each message as Claude Code does: the next
-    once the previous request is answered."""
+def time_session(env: dict[str, str]) -> tuple[float, float]:
+    """From starting `arc mcp` to reading tools/list's answer and the first tool call's, sending each message as
+    Claude Code does: the next once the previous request is answered."""
     t0 = time.perf_counter()
+    answered: dict[int, float] = {}
     proc = subprocess.Popen([*arc(), "mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         for message in HANDSHAKE:
@@ -61,15 +69,15 @@ def time_tools_list(env: dict[str, str]) -> float:
                 if answer is None:
                     raise RuntimeError(f"`arc mcp` closed stdout before answering {message['method']}")
                 if answer.get("id") == message["id"]:
+                    answered[message["id"]] = time.perf_counter() - t0
                     break
-        elapsed = time.perf_counter() - t0
         proc.stdin.close()
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return elapsed
+    return answered[2], answered[3]
 
 
 def main() -> None:
@@ -79,21 +87,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hosts = write_hosts_yaml(Path(tmp) / "hosts.yaml", [local_host_entry(
             Path(tmp) / "work", simulate_gpus=DEFAULT_SIMULATED_GPUS, cpu_slots=2)])
-        state = Path(tmp) / "state"
-        env = {**os.environ, "ARC_HOSTS": str(hosts), "ARC_STATE_DIR": str(state)}
+        state, cache = Path(tmp) / "state", Path(tmp) / "cache"
+        env = {**os.environ, "ARC_HOSTS": str(hosts), "ARC_STATE_DIR": str(state), "ARC_CACHE_DIR": str(cache)}
         daemon = DaemonClient(StatePaths.resolve(state))
-        figures: dict[str, list[float]] = {"arc --help": [], "arc mcp -> tools/list, daemon running": [],
-                                           "arc mcp -> tools/list, daemon starting": []}
+        figures: dict[str, list[float]] = {name: [] for name in (
+            "arc --help", "arc --help, new build", "arc mcp -> tools/list, daemon running",
+            "arc mcp -> tools/list, daemon starting", "arc mcp -> first call, daemon starting",
+            "arc mcp -> tools/list, daemon starting, new build")}
         try:
             for _ in range(args.runs):
+                shutil.rmtree(cache, ignore_errors=True)
+                figures["arc --help, new build"].append(time_help(env))
+                daemon.stop()
+                figures["arc mcp -> tools/list, daemon starting, new build"].append(time_session(env)[0])
                 figures["arc --help"].append(time_help(env))
                 daemon.stop()
-                figures["arc mcp -> tools/list, daemon starting"].append(time_tools_list(env))
-                figures["arc mcp -> tools/list, daemon running"].append(time_tools_list(env))
+                tools_list, first_call = time_session(env)
+                figures["arc mcp -> tools/list, daemon starting"].append(tools_list)
+                figures["arc mcp -> first call, daemon starting"].append(first_call)
+                figures["arc mcp -> tools/list, daemon running"].append(time_session(env)[0])
         finally:
             daemon.stop()
     for name, values in figures.items():
-        print(f"{name:40s} median {statistics.median(values):6.3f} s   runs: "
+        print(f"{name:50s} median {statistics.median(values):6.3f} s   runs: "
               + " ".join(f"{v:.3f}" for v in values))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from mcp_server.surfaces.cli import build_parser, subcommands
+from mcp_server.surfaces.cli.parser import build_parser, subcommands
 from mcp_server.surfaces.cli.commands import COMMANDS
 
 

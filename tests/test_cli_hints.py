@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.surfaces.cli import build_parser, subcommands
+from mcp_server.surfaces.cli.parser import build_parser, subcommands
 from mcp_server.surfaces.cli.hints import COMMANDS, as_command_line
 
 

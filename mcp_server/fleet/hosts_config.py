@@ -105,14 +105,14 @@ class HostsConfigError(ValueError):
 
 
 class SimulatedGpu(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
     model: str = Field(min_length=1)
     memory_gb: float = Field(gt=0)
 
 
 class HostFields(BaseModel):
     """Every field a host entry (or `defaults:`) may set; None means "not set here"."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     transport: Literal["local", "ssh"] | None = None
     address: str | None = Field(default=None, min_length=1)
@@ -150,7 +150,7 @@ class HostEntry(HostFields):
 
 class ClusterEntry(BaseModel):
     """A `clusters:` entry as written (the login is checked as a host entry)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: Literal["slurm"]
@@ -183,7 +183,7 @@ class ClusterEntry(BaseModel):
 
 class ClusterConfig(BaseModel):
     """A Slurm cluster whose allocations become hosts (fleet/slurm.py)."""
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     name: str
     login: HostConfig                   # where sbatch/squeue/srun run
@@ -229,7 +229,7 @@ KNOWN_FIELDS = frozenset(HostEntry.model_fields) | frozenset(SimulatedGpu.model_
 
 class HostConfig(BaseModel):
     """One host with everything resolved: defaults merged, ssh config applied, paths expanded."""
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     name: str
     transport: Literal["local", "ssh"]
@@ -274,7 +274,7 @@ class SshEndpoint:
 
 
 class HostsFile(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     path: Path
     hosts: tuple[HostConfig, ...]

@@ -28,7 +28,6 @@ from mcp_server.fleet.errors import FleetError
 from mcp_server.fleet.hosts_config import ClusterConfig, HostConfig, SimulatedGpu, _route, walltime_seconds
 from mcp_server.fleet.local import LocalTransport
 from mcp_server.fleet.sources import Demand, HostFacts, HostSource
-from mcp_server.fleet.ssh import SshTransport
 from mcp_server.fleet.transport import DEFAULT_MAX_OUTPUT, CommandResult, ProcessStream, Stdin, Transport, shell_path
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,8 @@ def login_transport(config: ClusterConfig, connect_timeout: float = DEFAULT_CONN
     login = config.login
     if login.transport == "local":
         return LocalTransport(login)
+    from mcp_server.fleet.ssh import SshTransport    # paramiko: only for a login over SSH
+
     return SshTransport(login, _route(_NoHosts(), login, ()), connect_timeout=connect_timeout)
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..history.values import now as utc_now
 from .config import ResearchConfig
@@ -23,6 +23,7 @@ if TYPE_CHECKING:     # for annotations only: importing the history loads DuckDB
 
 
 class Approval(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     approval_id: int
     t: dt.datetime
     note: str | None = None
@@ -33,6 +34,7 @@ class Approval(BaseModel):
 
 class CheckpointState(BaseModel):
     """Where the campaign stands against its checkpoint cadence."""
+    model_config = ConfigDict(defer_build=True)
     experiments: int                         # placed so far, all time
     experiments_since: int                   # placed since the last approval (or since the start)
     since: dt.datetime | None                # the last approval, else the first submission; None: no jobs yet

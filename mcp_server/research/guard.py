@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..core import workloads
 from ..core.user_pattern import compile_user_pattern
@@ -154,6 +154,7 @@ class Allowance:
 
 class GuardStatus(BaseModel):
     """The guardrails in a few fields, for the agent and for `arc research status`."""
+    model_config = ConfigDict(defer_build=True)
     summary: str
     paused: str | None = None                # why new work is held for a person; None while dispatching
     resume: str | None = None                # what a person does to go on

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 MAX_DIFF_LINES = 300
@@ -15,6 +15,7 @@ UNSET = "(unset)"
 
 
 class JobDiff(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     summary: str
     a: str
     b: str

@@ -22,6 +22,7 @@ NOISE_TAG = "noise"
 
 
 class NoiseFloor(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     gpu_class: str
     sigma: float          # pooled standard deviation of the primary metric across seeds of one config
     runs: int             # noise runs it rests on
@@ -29,6 +30,7 @@ class NoiseFloor(BaseModel):
 
 
 class Comparison(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     """b against a: `diff` = mean(b) - mean(a); `better` says whether b improves on a in the metric's direction.
     `summary` is the statement a verdict quotes: the GPU class, the runs on each side, the difference and whether it
     clears the noise."""
@@ -54,7 +56,7 @@ class Comparison(BaseModel):
 
 class Sides(BaseModel):
     """Two groups of runs to compare: `a` the reference (e.g. the baseline's seeds), `b` the candidate."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
     a: list[str] = Field(min_length=1, max_length=200, description="reference job ids, e.g. the baseline's seeds")
     b: list[str] = Field(min_length=1, max_length=200, description="candidate job ids")
 

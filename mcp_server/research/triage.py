@@ -11,7 +11,7 @@ import re
 import signal as signals
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..core.vocabulary import JobStatus
 
@@ -32,6 +32,7 @@ _ERROR_LINE = re.compile(r"(error|exception|fail|fatal|abort|killed|denied)", re
 
 
 class Triage(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     category: Category
     summary: str            # one line: what happened
     remedy: str             # one line: what to do about it

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..core.vocabulary import IN_FLIGHT_STATUSES, STARTED_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, sql_list
 from ..history.values import from_json
@@ -58,6 +58,7 @@ class Prices:
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     gpu_seconds: float = 0.0             # spent: ended jobs + elapsed of running ones
     money: float = 0.0
     committed_gpu_seconds: float = 0.0   # still to come for queued and running jobs (their budgets)

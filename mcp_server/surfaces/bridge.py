@@ -17,6 +17,12 @@ when the daemon went away is sent again; a call that changes something is answer
 may or may not have taken effect: a submission is checked with list_jobs before it is repeated). Nothing recorded
 is lost across the restart: the history is on disk and the new daemon reconciles every job with its host.
 
+A daemon that must be started takes seconds (it imports the MCP SDK), and Claude Code waits for the handshake
+before the session begins. The handshake's answers (initialize, the tool, prompt and resource lists) depend only on
+arc's code, so the relay keeps the last ones a daemon gave (core/startup_cache.py, keyed by the build) and, while
+its daemon starts, answers them itself: the session begins at once and its first call waits for the daemon, to
+which the handshake is then replayed as after a restart. The first session of a new build waits for the daemon.
+
 When arc cannot serve at all (no fleet file, a broken one, a daemon that cannot start), the relay still starts and
 answers the handshake itself, then every tool call with the reason and the fix: an `arc mcp` that exits instead
 shows the person only `Failed to connect`, its reason lost on a stderr nobody reads.
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..core import startup_cache
 from ..core.paths import StatePaths
 from ..daemon.client import DaemonClient, DaemonError, _UnixConnection
 
@@ -44,6 +51,8 @@ INTERNAL_ERROR = -32603
 METHOD_NOT_FOUND = -32601
 CONNECT_TIMEOUT_S = 30.0
 SESSION_HEADER = "mcp-session-id"
+HANDSHAKE = "mcp-handshake"         # the startup_cache entry of the answers below
+LISTS = ("tools/list", "prompts/list", "resources/list", "resources/templates/list")
 
 
 class NotDelivered(Exception):
@@ -68,6 +77,9 @@ class Relay:
         self.handshake: dict[str, Any] | None = None  # the client's initialize, once a daemon answered it
         self.read_only: set[str] = set()    # tools whose annotations say they change nothing: safe to send again
         self.cancelled: set[Any] = set()    # request ids the client gave up on: never answered nor sent again
+        self.remembered = _remembered_handshake()
+        self.memory_lock = threading.Lock()
+        self.answered_early = False         # the client's initialize was answered from memory, not by a daemon
 
     # ---- stdin ------------------------------------------------------------------------------------------------
 
@@ -90,7 +102,17 @@ class Relay:
                 self.notify(message)
         self.end_session()
 
+    def start_daemon(self) -> None:
+        """Start the daemon while the handshake is answered from memory; a failure is told to each later call."""
+        try:
+            self._connect()
+        except (DaemonError, NotDelivered, DaemonGone) as e:
+            print(f"arc: {e}", file=sys.stderr, flush=True)
+
     def request(self, message: dict[str, Any]) -> None:
+        if self.daemon is None and (reply := self._from_memory(message)) is not None:
+            self._deliver(message, reply)
+            return
         failures = 0
         while True:
             try:
@@ -124,6 +146,8 @@ class Relay:
         handshake stands in for the client's own `initialized`."""
         if message.get("method") == "notifications/cancelled":
             self.cancelled.add((message.get("params") or {}).get("requestId"))
+        if message.get("method") == "notifications/initialized" and self.answered_early:
+            return      # the daemon has not seen this session's initialize: the replay sends both
         try:
             self._connect()
             self._exchange(message)
@@ -256,7 +280,35 @@ class Relay:
             elif request.get("method") == "tools/list":
                 self.read_only |= {t["name"] for t in result.get("tools", [])
                                    if (t.get("annotations") or {}).get("readOnlyHint")}
+            if self.daemon is not None:
+                self._remember(request, result)
         self._write(reply)
+
+    def _from_memory(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """This build's answer to a handshake request, as a daemon gave it to an earlier session."""
+        method, params = message.get("method"), message.get("params") or {}
+        if method == "initialize":
+            result = self.remembered["initialize"].get(params.get("protocolVersion"))
+            self.answered_early = result is not None
+        elif method in LISTS and self.answered_early and "cursor" not in params:
+            result = self.remembered["lists"].get(method)
+        else:
+            return None
+        return None if result is None else {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+    def _remember(self, request: dict[str, Any], result: dict[str, Any]) -> None:
+        """Keep a daemon's handshake answer for the next session's start (written only when it changed)."""
+        method, params = request.get("method"), request.get("params") or {}
+        if method == "initialize" and isinstance(params.get("protocolVersion"), str):
+            table, key = "initialize", params["protocolVersion"]
+        elif method in LISTS and "cursor" not in params:
+            table, key = "lists", method
+        else:
+            return
+        with self.memory_lock:
+            if self.remembered[table].get(key) != result:
+                self.remembered[table][key] = result
+                startup_cache.write(HANDSHAKE, self.remembered)
 
     def _refuse(self, message: dict[str, Any], why: str) -> None:
         """Answer a request the daemon could not: a tool call with an error result the model reads, any other
@@ -277,6 +329,18 @@ class Relay:
 
 def _tool(message: dict[str, Any]) -> Any:
     return (message.get("params") or {}).get("name")
+
+
+def _remembered_handshake() -> dict[str, dict[str, Any]]:
+    """The handshake answers kept for this build: {"initialize": {protocol version: result}, "lists": {method:
+    result}}; anything else found there (another shape, a damaged file) counts as nothing kept."""
+    kept = startup_cache.read(HANDSHAKE)
+    tables = {"initialize": {}, "lists": {}}
+    if isinstance(kept, dict):
+        for name, table in tables.items():
+            if isinstance(kept.get(name), dict):
+                table.update((k, v) for k, v in kept[name].items() if isinstance(v, dict))
+    return tables
 
 
 def _describe(error: BaseException) -> str:
@@ -345,7 +409,10 @@ def run(paths: StatePaths, hosts_file: Path | None, research_file: Path | None =
     arc cannot serve (`unusable` says why, or the daemon cannot start), say why on stderr and answer every request
     with it. False when it could only refuse."""
     client = DaemonClient(paths)
-    if unusable is None:
+    relay = Relay(client, hosts_file, research_file, sys.stdout.buffer) if unusable is None else None
+    if relay is not None and not client.running() and relay.remembered["initialize"]:
+        threading.Thread(target=relay.start_daemon, daemon=True).start()
+    elif relay is not None:
         try:
             client.ensure(hosts_file, research_file)
         except DaemonError as e:
@@ -354,5 +421,5 @@ def run(paths: StatePaths, hosts_file: Path | None, research_file: Path | None =
         print(f"arc: {unusable}", file=sys.stderr, flush=True)
         Unusable(unusable, sys.stdout.buffer).serve(sys.stdin.buffer)
         return False
-    Relay(client, hosts_file, research_file, sys.stdout.buffer).serve(sys.stdin.buffer)
+    relay.serve(sys.stdin.buffer)
     return True

@@ -12,7 +12,6 @@ import re
 import shlex
 from typing import Any
 
-from ...core.operations import tools
 
 
 # tool: (command, {parameter: its option; "" = positional; None = the command needs no such option (the hint
@@ -24,7 +23,8 @@ Options = dict[str, "str | None | Options"]
 
 @functools.cache
 def commands() -> dict[str, tuple[str, Options]]:
-    from . import build_parser, subcommands
+    from ...core.operations import tools
+    from .parser import build_parser, subcommands
 
     parsers = {parser.prog: parser for parser in subcommands(build_parser())}
     found: dict[str, tuple[str, Options]] = {}
@@ -57,6 +57,8 @@ def __getattr__(name: str) -> Any:
 # a quoted name, which is a value echoed back ("no table 'digest'")
 @functools.cache
 def _tool_pattern() -> re.Pattern:
+    from ...core.operations import tools
+
     names = "|".join(op.name for op in tools())
     return re.compile(r"(?<![\w'\"])(" + names + r")(?![\w'\"])(\((?:[^()]|\([^()]*\))*\))?")
 
