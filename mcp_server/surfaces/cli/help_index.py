@@ -3,8 +3,12 @@ parser, and printed from there while arc's code and the terminal's width are the
 from __future__ import annotations
 
 import shutil
+from typing import TYPE_CHECKING
 
 from ...core import startup_cache
+
+if TYPE_CHECKING:
+    import argparse
 
 KIND = "cli-help"
 
@@ -18,9 +22,9 @@ def cached_help() -> str | None:
     return text if isinstance(text, str) else None
 
 
-def store_help(text: str) -> None:
-    if cached_help() != text:
-        startup_cache.write(KIND, text, _width())
+def store_help(parser: argparse.ArgumentParser) -> None:
+    if cached_help() is None:       # an entry is this build's (core/startup_cache.py): the same text
+        startup_cache.write(KIND, parser.format_help(), _width())
 
 
 def _width() -> str:

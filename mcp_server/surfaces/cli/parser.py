@@ -22,7 +22,7 @@ def build_parser(operations: bool = True) -> argparse.ArgumentParser:
     for command in subcommands(p):
         _global_options(command, top=False)
     if operations:
-        store_help(p.format_help())
+        store_help(p)
     return p
 
 
