@@ -405,9 +405,10 @@ def _version() -> str:
 
 def run(paths: StatePaths, hosts_file: Path | None, research_file: Path | None = None,
         unusable: str | None = None) -> bool:
-    """Relay stdio to the daemon, started now so a broken fleet file is found before the first question; or, when
-    arc cannot serve (`unusable` says why, or the daemon cannot start), say why on stderr and answer every request
-    with it. False when it could only refuse."""
+    """Relay stdio to the daemon, started now so a daemon that cannot start is found before the first question
+    (while the handshake is answered from memory, when this build kept one, the start goes on beside it and a
+    failure is told to each call); or, when arc cannot serve (`unusable` says why, or the daemon cannot start),
+    say why on stderr and answer every request with it. False when it could only refuse."""
     client = DaemonClient(paths)
     relay = Relay(client, hosts_file, research_file, sys.stdout.buffer) if unusable is None else None
     if relay is not None and not client.running() and relay.remembered["initialize"]:
