@@ -112,9 +112,11 @@ class Service:
         # this module's declarations, and DuckDB, paramiko and the scheduler would cost every command a second.
         from ..fleet.sources import HostSource, StaticHosts
         from ..history import History, SnapshotWriter
+        from ..history.sql_worker import SqlWorkers
         from .scheduler import Scheduler
 
         self.history = History(paths.history, read_only=read_only)
+        self.sql_workers = SqlWorkers()     # user SQL runs beside the daemon, never in its memory
         self.code = CodeStore(paths.snapshots_dir)
         self.scheduler: Scheduler | None = None
         self.snapshots: SnapshotWriter | None = None
@@ -139,6 +141,7 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.stop()
             self.snapshots.stop()
+        self.sql_workers.close()
         self.history.close()
 
     def __enter__(self) -> "Service":
@@ -576,11 +579,11 @@ class Service:
         describe_history lists the columns and example queries."""
         if self.snapshots is not None:
             self.snapshots.refresh_now()
-        from ..history.usersql import UserSqlError, run_user_sql
+        from ..history.usersql import UserSqlError
 
         source = self.paths.history if self.read_only else self.paths.snapshot
         try:
-            res = run_user_sql(source, sql, limit=limit, timeout_s=10.0)
+            res = self.sql_workers.run(source, sql, limit=limit, timeout_s=10.0)
         except UserSqlError as e:
             raise ArcError(str(e)) from None
         summary = f"{res.row_count} row(s)" + (f", truncated at {res.row_count}" if res.truncated else "")

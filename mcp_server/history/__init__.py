@@ -2,7 +2,8 @@
 
 - `History`: the read-write owner (one per process; thread-safe, one cursor per thread).
 - `SnapshotWriter`: keeps a read-only copy fresh for other processes while the owner runs.
-- `run_user_sql`: serves one read-only SELECT from a person or the agent, bounded in rows and time.
+- `run_user_sql`: serves one read-only SELECT from a person or the agent, bounded in rows and time;
+  `sql_worker.SqlWorkers` runs it for the daemon in processes whose memory is capped.
 - `describe_history` / `History.describe()`: tables, columns and example queries for whoever writes SQL.
 """
 from ..lazy import lazy_exports

@@ -23,8 +23,8 @@ threads of the instance are capped.
 Bounded answers. The answer travels to the MCP client through `arc mcp`'s HTTP stream, which breaks on an event
 over 1 MiB, and reaches a model that can read far less: each cell's text is cut to MAX_CELL_CHARS and rows stop
 once the answer passes MAX_ANSWER_BYTES, and the result's `cut` says which. DuckDB's memory_limit does not cover
-one string a function builds (measured: `repeat('x', 10**9)` took 3.9 GB of RSS under a 256MB limit); strings
-over 4 GiB fail at once ("Cannot create a string of size"), which is explained below.
+one string a function builds, so the daemon runs this in a worker process with an address-space limit
+(sql_worker.py); strings over 4 GiB fail at once ("Cannot create a string of size"), which is explained below.
 """
 from __future__ import annotations
 
@@ -125,8 +125,8 @@ def _running(path: Path, sql: str, timeout_s: float) -> Iterator[duckdb.DuckDBPy
                 raise UserSqlError(f"query stopped after {timeout_s:g} s (time limit): filter more, aggregate, "
                                    "or add LIMIT") from None
             except duckdb.OutOfMemoryException:
-                raise UserSqlError(f"the query needed more than the {INSTANCE_CONFIG['memory_limit']} user queries "
-                                   "may use: aggregate, filter, or select fewer or shorter columns") from None
+                raise UserSqlError("the query needed more memory than a user query may use: aggregate, filter, or "
+                                   "select fewer or shorter columns") from None
             except duckdb.PermissionException:
                 raise UserSqlError("file access is disabled: query the history's tables and views only "
                                    "(read_csv, read_parquet, glob, COPY and ATTACH are refused)") from None
