@@ -285,3 +285,28 @@ def test_a_shared_workdir_gets_the_agent_once_per_cluster(slurm, arc, tmp_path):
     assert len([p for p in (nodes / "agent").iterdir() if not p.name.startswith(".")]) == 1   # pushed once
     for host in hosts:
         assert (nodes / f"alloc-{host.removeprefix('uni-')}" / "agent").is_symlink()
+
+
+def ssh_login(slurm) -> dict:
+    """The harness's login node (no slurmd, its own sshd) as a cluster's `login:`: arc reaches Slurm over SSH."""
+    entry = slurm.fleet.host_entry(slurm.login)
+    return {k: entry[k] for k in ("address", "port", "user", "identity_file", "known_hosts")}
+
+
+def test_through_an_ssh_login_jobs_run_on_when_the_login_connection_drops(slurm, arc, tmp_path):
+    service, cluster = arc(login=ssh_login(slurm))
+    gates = Gates(tmp_path / "gates")
+    jobs = [j.job_id for j in service.submit_jobs([gated(gates, "a"), gated(gates, "b")]).jobs]
+    for job in jobs:
+        wait_for(lambda: status(service, job)["status"] == "running", 120, f"{job} to run in an allocation")
+    [holder] = [j["id"] for j in ours(slurm, cluster)]
+    channel = wait_for(lambda: slurm.steps(holder), 30, "the channel's overlap step")
+    # Every SSH connection to the login drops, and its sshd restarts: srun, which carried the channel, ends with them
+    slurm.fleet.drop_connections(slurm.login)
+    slurm.fleet.restart_sshd(slurm.login)
+    wait_for(lambda: (slurm.steps(holder) or channel)[0] not in channel, 60,
+             "the session to open a new channel step through a new login connection")
+    gates.open("a", "b")
+    for job in jobs:
+        wait_for(lambda: status(service, job)["status"] == "succeeded", 60, f"{job}'s result through the new channel")
+        assert status(service, job)["host"] == f"uni-{holder}" and status(service, job)["attempts"] == 0
