@@ -294,19 +294,35 @@ def ssh_login(slurm) -> dict:
 
 
 def test_through_an_ssh_login_jobs_run_on_when_the_login_connection_drops(slurm, arc, tmp_path):
-    service, cluster = arc(login=ssh_login(slurm))
+    service, cluster = arc(login=ssh_login(slurm), max_nodes=3)
     gates = Gates(tmp_path / "gates")
-    jobs = [j.job_id for j in service.submit_jobs([gated(gates, "a"), gated(gates, "b")]).jobs]
-    for job in jobs:
+    specs = [gates.spec(name, requirements={"gpus": 2}, time_limit_s=300) for name in ("a", "b")]
+    jobs = [j.job_id for j in service.submit_jobs(specs).jobs]
+    for job in jobs:        # a whole node each: two allocations, two channels through the login's sshd
         wait_for(lambda: status(service, job)["status"] == "running", 120, f"{job} to run in an allocation")
-    [holder] = [j["id"] for j in ours(slurm, cluster)]
-    channel = wait_for(lambda: slurm.steps(holder), 30, "the channel's overlap step")
-    # Every SSH connection to the login drops, and its sshd restarts: srun, which carried the channel, ends with them
+    holders = sorted(j["id"] for j in ours(slurm, cluster))
+    assert len(holders) == 2, holders
+    channels = {h: wait_for(lambda: slurm.steps(h), 30, f"the channel step of {h}") for h in holders}
+    # With both channels open, Slurm's commands still go through the login: a third job's allocation pends, visibly
+    third = service.submit_jobs([sleeper(0.5, requirements={"gpus": 1}, time_limit_s=60)]).jobs[0].job_id
+    wait_for(lambda: "Resources" in (service.list_gpus().hosts[-1].waiting or ""), 60,
+             "the third job's allocation pending for Resources, read through the login")
+    # Every SSH connection to the login drops and its sshd restarts: each srun that carried a channel ends with them
     slurm.fleet.drop_connections(slurm.login)
     slurm.fleet.restart_sshd(slurm.login)
-    wait_for(lambda: (slurm.steps(holder) or channel)[0] not in channel, 60,
-             "the session to open a new channel step through a new login connection")
+    for h, old in channels.items():
+        wait_for(lambda: (slurm.steps(h) or old)[0] not in old, 60,
+                 f"a new channel step in {h} through a new login connection")
     gates.open("a", "b")
     for job in jobs:
         wait_for(lambda: status(service, job)["status"] == "succeeded", 60, f"{job}'s result through the new channel")
-        assert status(service, job)["host"] == f"uni-{holder}" and status(service, job)["attempts"] == 0
+        assert status(service, job)["host"] in {f"uni-{h}" for h in holders}
+        assert status(service, job)["attempts"] == 0
+    wait_for(lambda: status(service, third)["status"] == "succeeded", 120, "the third job in a new allocation")
+
+
+def test_hosts_check_through_an_ssh_login(slurm, tmp_path):
+    code, report = hosts_check(cluster_file(tmp_path, login=ssh_login(slurm), partition="gpu"))
+    [row] = report["hosts"]
+    assert code == 0 and row["ready"], row
+    assert "partition gpu (up, 2 nodes)" in row["slurm"], row["slurm"]

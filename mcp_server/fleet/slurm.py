@@ -69,9 +69,11 @@ class SrunTransport(Transport):
 
     agent_mode = "serve --via-socket"
 
-    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None):
+    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None,
+                 owns_login: bool = False):
         self.login, self.host, self.name, self.job_id = login, host, host.name, job_id
         self.shared = shared
+        self.owns_login = owns_login
 
     def _in_allocation(self, command: str) -> str:
         if self.shared is not None:
@@ -92,7 +94,10 @@ class SrunTransport(Transport):
         return self.login.probe(timeout)
 
     def close(self) -> None:
-        """The login connection is the cluster's, shared by its allocations: it closes it."""
+        """A login connection of the cluster's own (the local one, shared by its allocations) is the cluster's to
+        close."""
+        if self.owns_login:
+            self.login.close()
 
 
 @dataclass
@@ -142,8 +147,13 @@ class SlurmCluster(HostSource):
         job_id = name[len(self.name) + 1:]
         with self._lock:
             allocation = self._allocations[job_id]
-        return SrunTransport(self.login, self._host(allocation), job_id,
-                             self.config.workdir if self.config.shared_workdir else None)
+        # Over SSH each allocation gets its own connection to the login: its channel holds an SSH session as long as
+        # it lives, and one connection carries few (sshd's MaxSessions), so on a shared one a few allocations left no
+        # session for squeue and sbatch, and the cluster read as unreachable.
+        own = self.config.login.transport != "local"
+        return SrunTransport(login_transport(self.config, connect_timeout) if own else self.login,
+                             self._host(allocation), job_id,
+                             self.config.workdir if self.config.shared_workdir else None, owns_login=own)
 
     def facts(self, name: str) -> HostFacts:
         with self._lock:

@@ -3,7 +3,8 @@ as GRES character devices, proctrack/cgroup as on production clusters (../shared
 
 Client commands find the cluster through SLURM_CONF, which `SlurmHarness.env()` gives (set it in os.environ for a
 local login). A fleet host named as `login` is no node: its sshd hands SLURM_CONF to every session (`SetEnv`), as a
-real login node's /etc/slurm does, and munge's socket is on the shared filesystem. Teardown cancels every job, then stops the daemons (slurmstepd and job processes outlive slurmd).
+real login node's /etc/slurm does, and munge's socket is on the shared filesystem. Teardown cancels every job, then
+stops the daemons (slurmstepd and job processes outlive slurmd).
 """
 from __future__ import annotations
 
@@ -72,7 +73,10 @@ class SlurmHarness:
             h._wait_idle()
             if login is not None:
                 host = fleet.host(login)
-                host.sshd_config.write_text(host.sshd_config.read_text() + f"SetEnv SLURM_CONF={h.conf}\n")
+                # MaxSessions 2: sessions per connection are few on a login node (10 by default, lower at some
+                # sites), so arc must not carry every allocation's channel over one connection
+                host.sshd_config.write_text(host.sshd_config.read_text() +
+                                            f"SetEnv SLURM_CONF={h.conf}\nMaxSessions 2\n")
                 fleet.restart_sshd(login)
             return h
         except BaseException:
