@@ -756,7 +756,7 @@ class Scheduler:
     # ---- the tick -------------------------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
-        last_live = last_tick = 0.0
+        last_live, last_tick = 0.0, time.time()     # the first full tick one tick_s after the start, as ever
         while not self._stop.is_set():
             self._sync_soon.wait(self.settings.tick_s)
             self._sync_soon.clear()
