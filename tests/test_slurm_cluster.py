@@ -115,6 +115,19 @@ def test_a_pending_allocation_shows_its_reason(slurm, arc):
         slurm.run("scancel", *blockers)
 
 
+def test_work_for_two_nodes_asks_for_both_allocations_at_once(slurm, arc):
+    blockers = [slurm.run("sbatch", "--parsable", "--output=/dev/null", "--gres=gpu:h100:2", "--wrap",
+                          "sleep 300").strip() for _ in slurm.nodes]
+    try:
+        service, cluster = arc()
+        service.submit_jobs([sleeper(0.5, requirements={"gpus": 2}, time_limit_s=60)] * 2)
+        # not one after the other: from nothing, the second node then started a second or more after the first
+        wait_for(lambda: len([j for j in ours(slurm, cluster) if j["state"] == "PENDING"]) == 2, 60,
+                 "both holders pending at once")
+    finally:
+        slurm.run("scancel", *blockers)
+
+
 def test_a_job_longer_than_the_walltime_is_refused_at_submission(slurm, arc):
     service, cluster = arc(walltime="00:10:00")
     with pytest.raises(ArcError, match=r"time limit \(900 s\) is longer than what uni allocates"):
