@@ -115,6 +115,19 @@ def test_a_pending_allocation_shows_its_reason(slurm, arc):
         slurm.run("scancel", *blockers)
 
 
+def test_work_for_two_nodes_asks_for_both_allocations_at_once(slurm, arc):
+    blockers = [slurm.run("sbatch", "--parsable", "--output=/dev/null", "--gres=gpu:h100:2", "--wrap",
+                          "sleep 300").strip() for _ in slurm.nodes]
+    try:
+        service, cluster = arc()
+        service.submit_jobs([sleeper(0.5, requirements={"gpus": 2}, time_limit_s=60)] * 2)
+        # not one after the other: from nothing, the second node then started a second or more after the first
+        wait_for(lambda: len([j for j in ours(slurm, cluster) if j["state"] == "PENDING"]) == 2, 60,
+                 "both holders pending at once")
+    finally:
+        slurm.run("scancel", *blockers)
+
+
 def test_a_job_longer_than_the_walltime_is_refused_at_submission(slurm, arc):
     service, cluster = arc(walltime="00:10:00")
     with pytest.raises(ArcError, match=r"time limit \(900 s\) is longer than what uni allocates"):
@@ -285,3 +298,44 @@ def test_a_shared_workdir_gets_the_agent_once_per_cluster(slurm, arc, tmp_path):
     assert len([p for p in (nodes / "agent").iterdir() if not p.name.startswith(".")]) == 1   # pushed once
     for host in hosts:
         assert (nodes / f"alloc-{host.removeprefix('uni-')}" / "agent").is_symlink()
+
+
+def ssh_login(slurm) -> dict:
+    """The harness's login node (no slurmd, its own sshd) as a cluster's `login:`: arc reaches Slurm over SSH."""
+    entry = slurm.fleet.host_entry(slurm.login)
+    return {k: entry[k] for k in ("address", "port", "user", "identity_file", "known_hosts")}
+
+
+def test_through_an_ssh_login_jobs_run_on_when_the_login_connection_drops(slurm, arc, tmp_path):
+    service, cluster = arc(login=ssh_login(slurm), max_nodes=3)
+    gates = Gates(tmp_path / "gates")
+    specs = [gates.spec(name, requirements={"gpus": 2}, time_limit_s=300) for name in ("a", "b")]
+    jobs = [j.job_id for j in service.submit_jobs(specs).jobs]
+    for job in jobs:        # a whole node each: two allocations, two channels through the login's sshd
+        wait_for(lambda: status(service, job)["status"] == "running", 120, f"{job} to run in an allocation")
+    holders = sorted(j["id"] for j in ours(slurm, cluster))
+    assert len(holders) == 2, holders
+    channels = {h: wait_for(lambda: slurm.steps(h), 30, f"the channel step of {h}") for h in holders}
+    # With both channels open, Slurm's commands still go through the login: a third job's allocation pends, visibly
+    third = service.submit_jobs([sleeper(0.5, requirements={"gpus": 1}, time_limit_s=60)]).jobs[0].job_id
+    wait_for(lambda: "Resources" in (service.list_gpus().hosts[-1].waiting or ""), 60,
+             "the third job's allocation pending for Resources, read through the login")
+    # Every SSH connection to the login drops and its sshd restarts: each srun that carried a channel ends with them
+    slurm.fleet.drop_connections(slurm.login)
+    slurm.fleet.restart_sshd(slurm.login)
+    for h, old in channels.items():
+        wait_for(lambda: (slurm.steps(h) or old)[0] not in old, 60,
+                 f"a new channel step in {h} through a new login connection")
+    gates.open("a", "b")
+    for job in jobs:
+        wait_for(lambda: status(service, job)["status"] == "succeeded", 60, f"{job}'s result through the new channel")
+        assert status(service, job)["host"] in {f"uni-{h}" for h in holders}
+        assert status(service, job)["attempts"] == 0
+    wait_for(lambda: status(service, third)["status"] == "succeeded", 120, "the third job in a new allocation")
+
+
+def test_hosts_check_through_an_ssh_login(slurm, tmp_path):
+    code, report = hosts_check(cluster_file(tmp_path, login=ssh_login(slurm), partition="gpu"))
+    [row] = report["hosts"]
+    assert code == 0 and row["ready"], row
+    assert "partition gpu (up, 2 nodes)" in row["slurm"], row["slurm"]

@@ -100,6 +100,9 @@ class Scheduler:
         self._busy_cpu: dict[str, set[str]] = {h: set() for h in self.hosts}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._sync_soon = threading.Event()     # new work, or a source's hosts changed: read the sources now
+        for source in self.fleet.sources:
+            source.on_change = self._sync_soon.set
         self._queue: list[dict] = []          # queued jobs in dispatch order, as last read from the history
         self._queue_stale = True
         self._dispatch_idle = threading.Event()   # cleared while a dispatch round or a launch is under way
@@ -125,6 +128,7 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._sync_soon.set()
         for t in self._threads:
             t.join(timeout=5)
         for pool in [*list(self._launchers.values()), *list(self._ingesters.values())]:
@@ -462,7 +466,10 @@ class Scheduler:
         # The queue is read even with no host ready: a source that makes hosts (a Slurm cluster) reacts to it.
         if self._queue_stale:
             self._queue_stale = False   # first: a change while reading marks it stale again
+            before = {j["job_id"] for j in self._queue}
             self._queue = self.history.jobs(status=[JobStatus.QUEUED], order="priority desc, job_num asc", limit=500)
+            if any(j["job_id"] not in before for j in self._queue):
+                self._sync_soon.set()   # a cluster asks for an allocation now, not at the next tick
         ready = [rt.capacity for rt in self.hosts.values() if rt.ready and rt.capacity is not None]
         if not ready or not self._queue:
             return 0
@@ -749,11 +756,19 @@ class Scheduler:
     # ---- the tick -------------------------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
-        last_live = 0.0
-        while not self._stop.wait(self.settings.tick_s):
+        last_live, last_tick = 0.0, time.time()     # the first full tick one tick_s after the start, as ever
+        while not self._stop.is_set():
+            self._sync_soon.wait(self.settings.tick_s)
+            self._sync_soon.clear()
+            if self._stop.is_set():
+                return
             try:
                 now = time.time()
                 self._sync_hosts()
+                if now - last_tick < self.settings.tick_s:
+                    self._wake.set()    # an early sync: only the hosts (a new one may take queued work)
+                    continue
+                last_tick = now
                 self._expire_away_hosts(now)
                 self._recheck_unconfirmed()
                 if now - last_live >= self.settings.live_ingest_every_s:

@@ -36,6 +36,7 @@ SLURM_TIMEOUT_S = 20.0
 SETTLE_S = 20.0              # a new allocation gets this long to take the queued work it can hold
 NEAR_END_FRACTION = 0.25     # an allocation with less than this share of its walltime left is replaced, not counted
 IDLE_CHECK_S = 2.0
+PENDING_POLL_S = 0.1         # squeue is ~10 ms: while an allocation pends, its start is seen this soon, not a tick later
 SIMULATED_MEMORY_GB = 80.0
 RUNNING_STATES = {"RUNNING"}
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING"}
@@ -70,9 +71,11 @@ class SrunTransport(Transport):
 
     agent_mode = "serve --via-socket"
 
-    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None):
+    def __init__(self, login: Transport, host: HostConfig, job_id: str, shared: str | None = None,
+                 owns_login: bool = False):
         self.login, self.host, self.name, self.job_id = login, host, host.name, job_id
         self.shared = shared
+        self.owns_login = owns_login
 
     def _in_allocation(self, command: str) -> str:
         if self.shared is not None:
@@ -93,7 +96,10 @@ class SrunTransport(Transport):
         return self.login.probe(timeout)
 
     def close(self) -> None:
-        """The login connection is the cluster's, shared by its allocations: it closes it."""
+        """A login connection of the cluster's own (the local one, shared by its allocations) is the cluster's to
+        close."""
+        if self.owns_login:
+            self.login.close()
 
 
 @dataclass
@@ -122,6 +128,11 @@ class SlurmCluster(HostSource):
         self._gone: dict[str, str] = {}     # host name -> why Slurm ended that allocation (for the jobs it took)
         self._last_idle_check = 0.0
         self._class = gpu_class(config.gpu_model)
+        self._watching = False              # a thread polls squeue while an allocation pends
+        self._closed = False
+        # One Slurm command at a time on the login connection: the tick and that thread would otherwise take two of
+        # the few sessions sshd allows a connection (MaxSessions)
+        self._slurm_lock = threading.Lock()
 
     # ---- what the scheduler reads ------------------------------------------------------------------------
 
@@ -143,8 +154,13 @@ class SlurmCluster(HostSource):
         job_id = name[len(self.name) + 1:]
         with self._lock:
             allocation = self._allocations[job_id]
-        return SrunTransport(self.login, self._host(allocation), job_id,
-                             self.config.workdir if self.config.shared_workdir else None)
+        # Over SSH each allocation gets its own connection to the login: its channel holds an SSH session as long as
+        # it lives, and one connection carries few (sshd's MaxSessions), so on a shared one a few allocations left no
+        # session for squeue and sbatch, and the cluster read as unreachable.
+        own = self.config.login.transport != "local"
+        return SrunTransport(login_transport(self.config, connect_timeout) if own else self.login,
+                             self._host(allocation), job_id,
+                             self.config.workdir if self.config.shared_workdir else None, owns_login=own)
 
     def facts(self, name: str) -> HostFacts:
         with self._lock:
@@ -227,13 +243,15 @@ class SlurmCluster(HostSource):
     def _grow(self, now: float, queued_gpus: int) -> None:
         with self._lock:
             allocations = list(self._allocations.values())
-        if any(a.state in PENDING_STATES for a in allocations):
-            return      # one request at a time: the pending one shows why capacity is not there yet
+        pending = [a for a in allocations if a.state in PENDING_STATES]
         usable = [a for a in allocations if a.state in RUNNING_STATES and not self._near_end(a)]
         fresh = [a for a in usable if now - (a.running_since or now) < SETTLE_S]
-        # A fresh allocation takes up to gpus_per_node of the queue's GPUs: ask for another only for what it cannot
-        # (a queue of 40 one-GPU jobs wants every node now, not one node every SETTLE_S)
-        if len(usable) < self.config.max_nodes and queued_gpus > len(fresh) * self.config.gpus_per_node:
+        # A pending or fresh allocation takes up to gpus_per_node of the queue's GPUs: ask for more only for what
+        # they cannot, all at once (a queue of 40 one-GPU jobs wants every node now: asked one after the other, the
+        # second node started a second or more after the first)
+        per_node = self.config.gpus_per_node
+        wanted = math.ceil(max(0, queued_gpus - (len(fresh) + len(pending)) * per_node) / per_node)
+        for _ in range(min(wanted, self.config.max_nodes - len(usable) - len(pending))):
             self.submit()
 
     def _near_end(self, a: Allocation) -> bool:
@@ -272,8 +290,9 @@ class SlurmCluster(HostSource):
     # ---- Slurm commands ----------------------------------------------------------------------------------
 
     def _slurm(self, command: str, stdin: bytes | None = None) -> str:
-        self.login.connect(SLURM_TIMEOUT_S)
-        r = self.login.run(command, stdin=stdin, timeout=SLURM_TIMEOUT_S)
+        with self._slurm_lock:
+            self.login.connect(SLURM_TIMEOUT_S)
+            r = self.login.run(command, stdin=stdin, timeout=SLURM_TIMEOUT_S)
         if r.exit_code != 0:
             raise FleetError(self.name, f"{command.split()[0]} failed (exit {r.exit_code}): "
                                         f"{r.text.strip()[-300:]}")
@@ -315,7 +334,33 @@ class SlurmCluster(HostSource):
         log.info("cluster %s: asked for an allocation (Slurm job %s)", self.name, job_id)
         with self._lock:
             self._allocations[job_id] = Allocation(job_id, "PENDING", "submitted", "unknown", None, "")
+            start = not self._watching
+            self._watching = True
+        if start:
+            threading.Thread(target=self._watch_pending, name=f"slurm-{self.name}-pending", daemon=True).start()
         return job_id
+
+    def _watch_pending(self) -> None:
+        """While arc's allocations pend, poll squeue and call `on_change` the moment one runs: its host then joins
+        the fleet and its agent starts at once, not at the next tick. Only reads: the tick's refresh owns the state."""
+        try:
+            while True:
+                with self._lock:
+                    pending = {j for j, a in self._allocations.items() if a.state in PENDING_STATES}
+                    if not pending or self._closed:
+                        self._watching = False
+                        return
+                time.sleep(PENDING_POLL_S)
+                try:
+                    seen = self._squeue()
+                except FleetError:
+                    continue    # the tick's refresh reports it
+                if any(seen[j].state not in PENDING_STATES for j in pending if j in seen) and self.on_change:
+                    self.on_change()
+        except BaseException:
+            with self._lock:
+                self._watching = False
+            raise
 
     def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
@@ -332,6 +377,7 @@ class SlurmCluster(HostSource):
 
     def close(self) -> None:
         """Allocations outlive the daemon on purpose (a restart adopts them); `arc clusters release` ends them."""
+        self._closed = True
         self.login.close()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mcp_server.fleet.connect import DEFAULT_CONNECT_TIMEOUT_S, make_transport
 from mcp_server.fleet.hosts_config import HostConfig, HostsFile
@@ -41,6 +41,9 @@ class HostSource(ABC):
     in-flight jobs settled as lost by the scheduler (the infrastructure lost them)."""
 
     name: str
+    # Set by the scheduler: a source whose hosts changed between ticks (an allocation began to run) calls it to have
+    # them read now rather than at the next tick.
+    on_change: Callable[[], None] | None = None
 
     @abstractmethod
     def hosts(self) -> Sequence[HostConfig]:

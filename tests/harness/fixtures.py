@@ -46,10 +46,11 @@ def local_hosts_yaml(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm(netns_factory: Callable[..., NetnsFleet], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real Slurm: 2 nodes (network namespaces), 2 fake H100s each; SLURM_CONF set for this process and its
-    children (a `local` login). Torn down at session end: no job and no daemon left."""
+    """A real Slurm: 2 nodes (network namespaces h1, h2), 2 fake H100s each; SLURM_CONF set for this process and
+    its children (a `local` login); h3 is a login node with its own sshd (`harness.login`, no slurmd). Torn down at
+    session end: no job and no daemon left."""
     from tests.harness.slurm import SlurmHarness
-    harness = SlurmHarness.create(tmp_path_factory.mktemp("slurm"), netns_factory(2))
+    harness = SlurmHarness.create(tmp_path_factory.mktemp("slurm"), netns_factory(3), login="h3")
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(harness.conf)
     yield harness

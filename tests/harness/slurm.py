@@ -1,8 +1,10 @@
 """A real Slurm on this machine: slurmctld on the harness bridge, one slurmd per network namespace (a node), fake GPUs
 as GRES character devices, proctrack/cgroup as on production clusters (../shared/FACTS.md, Slurm section).
 
-Client commands find the cluster through SLURM_CONF, which `SlurmCluster.env()` gives (set it in os.environ for a
-local login). Teardown cancels every job, then stops the daemons (slurmstepd and job processes outlive slurmd).
+Client commands find the cluster through SLURM_CONF, which `SlurmHarness.env()` gives (set it in os.environ for a
+local login). A fleet host named as `login` is no node: its sshd hands SLURM_CONF to every session (`SetEnv`), as a
+real login node's /etc/slurm does, and munge's socket is on the shared filesystem. Teardown cancels every job, then
+stops the daemons (slurmstepd and job processes outlive slurmd).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.netns import HarnessError, NetnsFleet, _running, _wait_gone, sh
+from tests.harness.netns import HarnessError, NetnsFleet, NetnsHost, _running, _wait_gone, sh
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_PID = Path("/run/munge/munged.pid")
@@ -28,6 +30,7 @@ class SlurmHarness:
     gpus_per_node: int
     gpu_type: str = "h100"
     tuned: bool = True      # Epilog set and no batch scheduling delay (FACTS.md: 1.0 s → 0.05 s between jobs)
+    login: str | None = None    # a fleet host that runs no slurmd: the login node arc reaches over SSH
     started_munge: bool = False
     pids: dict[str, Path] = field(default_factory=dict)     # daemon -> its pid file
 
@@ -36,8 +39,12 @@ class SlurmHarness:
         return self.root / "slurm.conf"
 
     @property
+    def node_hosts(self) -> list[NetnsHost]:
+        return [h for h in self.fleet.hosts if h.name != self.login]
+
+    @property
     def nodes(self) -> list[str]:
-        return [f"n{i}" for i in range(1, len(self.fleet.hosts) + 1)]
+        return [f"n{i}" for i in range(1, len(self.node_hosts) + 1)]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -49,20 +56,28 @@ class SlurmHarness:
         return r.stdout
 
     @classmethod
-    def create(cls, root: Path, fleet: NetnsFleet, gpus_per_node: int = 2, tuned: bool = True) -> "SlurmHarness":
+    def create(cls, root: Path, fleet: NetnsFleet, gpus_per_node: int = 2, tuned: bool = True,
+               login: str | None = None) -> "SlurmHarness":
         for tool in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"):
             if not os.access(tool, os.X_OK):
                 raise HarnessError(f"{tool} missing: apt-get install -y slurmctld slurmd slurm-client munge")
         root.mkdir(parents=True, exist_ok=True)
-        h = cls(fleet=fleet, root=root, gpus_per_node=gpus_per_node, tuned=tuned)
+        h = cls(fleet=fleet, root=root, gpus_per_node=gpus_per_node, tuned=tuned, login=login)
         try:
             h._munge()
             h._write_config()
             h._start("slurmctld", ["/usr/sbin/slurmctld", "-f", str(h.conf)], h.root / "slurmctld.pid")
-            for node, host in zip(h.nodes, fleet.hosts):
+            for node, host in zip(h.nodes, h.node_hosts):
                 h._start(f"slurmd-{node}", ["nsenter", f"--net=/run/netns/{host.ns}", "/usr/sbin/slurmd",
                                             "-f", str(h.conf), "-N", node], h.root / f"slurmd-{node}.pid")
             h._wait_idle()
+            if login is not None:
+                host = fleet.host(login)
+                # MaxSessions 2: sessions per connection are few on a login node (10 by default, lower at some
+                # sites), so arc must not carry every allocation's channel over one connection
+                host.sshd_config.write_text(host.sshd_config.read_text() +
+                                            f"SetEnv SLURM_CONF={h.conf}\nMaxSessions 2\n")
+                fleet.restart_sshd(login)
             return h
         except BaseException:
             h.teardown()
@@ -97,7 +112,7 @@ class SlurmHarness:
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root}/slurmd-%n.pid",
             f"SlurmctldLogFile={self.root / 'slurmctld.log'}", f"SlurmdLogFile={self.root}/slurmd-%n.log",
         ]
-        for node, host in zip(self.nodes, self.fleet.hosts):
+        for node, host in zip(self.nodes, self.node_hosts):
             devices = []
             for g in range(self.gpus_per_node):
                 dev = self.root / f"fakegpu-{node}-{g}"
