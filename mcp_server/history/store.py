@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -82,9 +82,8 @@ class JobChange:
 class _Grouped:
     """A change waiting in `update_job_grouped`, and what became of it."""
     change: JobChange
-    done: bool = False     # set and read under History._group_writer
-    applied: bool = False
-    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: bool | BaseException = False     # applied, or why the batch failed
 
 
 class History:
@@ -120,7 +119,7 @@ class History:
         self._write_lock = threading.RLock()
         self._grouped: list[_Grouped] = []        # update_job_grouped's queue
         self._grouped_lock = threading.Lock()
-        self._group_writer = threading.Lock()
+        self._group_writing = False               # a thread is writing the queue
         self._listeners: list[Callable[[], None]] = []
         self._generation = 0
         self._closed = False
@@ -471,10 +470,10 @@ class History:
         return applied
 
     def update_job_grouped(self, change: "JobChange") -> bool:
-        """`update_job` for many threads at once (group commit): a change waits while another thread writes, and
-        whichever thread writes next takes every change queued by then into one `update_jobs`. 64 host threads
-        confirming a wave's 512 launches so write a few transactions, not 512. Not inside a transaction: another
-        thread may write this change."""
+        """`update_job` for many threads at once (group commit): a thread that finds no write under way writes its
+        change and, until none is left, every change queued meanwhile, each batch in one `update_jobs`; the others
+        wait for theirs. 64 host threads confirming a wave's 512 launches so write a few transactions, not 512. Not
+        inside a transaction: another thread may write this change."""
         self._check_change(change)
         if getattr(self._local, "depth", 0):
             raise RuntimeError("update_job_grouped inside a transaction: another thread may write the change "
@@ -482,21 +481,28 @@ class History:
         mine = _Grouped(change)
         with self._grouped_lock:
             self._grouped.append(mine)
-        with self._group_writer:
-            if not mine.done:
+            lead, self._group_writing = not self._group_writing, True
+        if lead:
+            # Write until nothing waits: changes queued meanwhile go in the next batch. The others wait on their
+            # own events, not on a lock each must take in turn to learn it is done (64 such turns cost more than
+            # the write).
+            while True:
                 with self._grouped_lock:
                     batch, self._grouped = self._grouped, []
+                    if not batch:
+                        self._group_writing = False
+                        break
                 try:
                     results = self.update_jobs([g.change for g in batch])
                 except BaseException as e:
-                    for g in batch:
-                        g.error, g.done = e, True
-                else:
-                    for g, applied in zip(batch, results):
-                        g.applied, g.done = applied, True
-        if mine.error is not None:
-            raise mine.error
-        return mine.applied
+                    results = [e] * len(batch)
+                for g, result in zip(batch, results):
+                    g.result = result
+                    g.done.set()
+        mine.done.wait()
+        if isinstance(mine.result, BaseException):
+            raise mine.result
+        return mine.result
 
     def _check_change(self, change: "JobChange") -> None:
         self._check_columns("jobs", change.fields, frozenset({"job_id", "job_num", "updated_at"}))
