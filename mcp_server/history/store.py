@@ -422,7 +422,7 @@ class History:
         """
         return self.update_jobs([JobChange(job_id, fields, expect_status, _reason, _event)])[0]
 
-    def update_jobs(self, changes: Sequence["JobChange"]) -> list[bool]:
+    def update_jobs(self, changes: Sequence[JobChange]) -> list[bool]:
         """`update_job` for many jobs in one transaction and a few statements: one read of their statuses, one
         UPDATE per distinct set of columns, one insert of their events. A statement per job made a dispatch round
         of 200 placements, or a wave's 512 launch confirmations, hold the write lock for seconds. Changes apply in
@@ -465,11 +465,9 @@ class History:
                 self._add_event(cur, **events[0])
             elif events:
                 self._insert(cur, "events", [{**event, "t": t} for event in events])
-            if not any(applied):
-                self._local.unchanged = True
         return applied
 
-    def update_job_grouped(self, change: "JobChange") -> bool:
+    def update_job_grouped(self, change: JobChange) -> bool:
         """`update_job` for many threads at once (group commit): a thread that finds no write under way writes its
         change and, until none is left, every change queued meanwhile, each batch in one `update_jobs`; the others
         wait for theirs. 64 host threads confirming a wave's 512 launches so write a few transactions, not 512. Not
@@ -504,7 +502,7 @@ class History:
             raise mine.result
         return mine.result
 
-    def _check_change(self, change: "JobChange") -> None:
+    def _check_change(self, change: JobChange) -> None:
         self._check_columns("jobs", change.fields, frozenset({"job_id", "job_num", "updated_at"}))
         if "status" in change.fields:
             _check_choice("status", change.fields["status"], JOB_STATUSES)
