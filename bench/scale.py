@@ -23,6 +23,7 @@ import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,31 +63,81 @@ def history_id(client: DaemonClient) -> str:
     return client.call("query_results", sql="SELECT value FROM meta WHERE key = 'history_id'")["rows"][0][0]
 
 
+class CpuMeter:
+    """CPU seconds used since start, sampled every 50 ms in a thread: the whole machine's (/proc/stat) and the
+    daemon's own (/proc/<pid>/stat), to say whether the cores or arc bound a stage."""
+
+    def __init__(self, daemon_pid: int):
+        self.pid, self.samples = daemon_pid, []
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> tuple[float, float, float]:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))   # all but idle and iowait
+        daemon = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return time.time(), busy / self.tick, (int(daemon[11]) + int(daemon[12])) / self.tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append(self._read())
+
+    def __enter__(self) -> "CpuMeter":
+        self.samples.append(self._read())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def used(self, until: float) -> tuple[float, float]:
+        """(machine, daemon) CPU seconds from the first sample to the last one at or before `until` (epoch s)."""
+        last = max((s for s in self.samples if s[0] <= until), key=lambda s: s[0])
+        return last[1] - self.samples[0][1], last[2] - self.samples[0][2]
+
+
 def wave(client: DaemonClient, root: Path, hosts: int, gpus: int, seconds: float) -> dict[str, float]:
-    """512 jobs at once on the idle fleet: submit -> every process started."""
+    """512 jobs at once on the idle fleet: submit -> every process started, with where the time went. Each job's
+    stages, in seconds from the first submit call: its submit call answered; placed (its intent written: queued ->
+    dispatching in the history's events); its launch answered by the host (-> running); its process started (the
+    host's own state.json)."""
     hid = history_id(client)
-    t0 = time.time()
-    ids = submit(client, {"command": ["sleep", f"{seconds:g}"], "time_limit_s": seconds + 120}, hosts * gpus)
-    submitted = time.time()
+    spec = {"command": ["sleep", f"{seconds:g}"], "time_limit_s": seconds + 120}
+    ids: list[str] = []
+    answered: list[float] = []
+    with CpuMeter(client.info()["pid"]) as cpu:
+        t0 = time.time()
+        for lo in range(0, hosts * gpus, BATCH):
+            batch = client.call("submit_jobs", jobs=[spec] * min(BATCH, hosts * gpus - lo))["jobs"]
+            answered += [time.time() - t0] * len(batch)
+            ids += [j["job_id"] for j in batch]
+        wait_all(client, ids)     # every job has run: each has its state.json and its events
     starts = []
     for job_id in ids:
-        for i in range(hosts):
-            state = root / f"w{i}" / "jobs" / f"{job_id}-{hid}" / "state.json"
-            if state.exists():
-                starts.append(json.loads(state.read_text()).get("started_at"))
-                break
-    wait_all(client, ids)
-    missing = [j for j, s in zip(ids, starts) if s is None]
-    if len(starts) < len(ids) or missing:   # read again once all ran: state.json exists for every job by now
-        starts = []
-        for job_id in ids:
-            for i in range(hosts):
-                state = root / f"w{i}" / "jobs" / f"{job_id}-{hid}" / "state.json"
-                if state.exists():
-                    starts.append(json.loads(state.read_text())["started_at"])
-                    break
-    return {"submit calls s": submitted - t0, "submit -> first start s": min(starts) - t0,
-            "submit -> every GPU busy s": max(starts) - t0}
+        state = next(p for i in range(hosts)
+                     if (p := root / f"w{i}" / "jobs" / f"{job_id}-{hid}" / "state.json").exists())
+        starts.append(json.loads(state.read_text())["started_at"] - t0)
+    # Only this wave's jobs are in this fresh history: no filter on ids needed.
+    def stage(status: str) -> list[float]:
+        row = client.call("query_results", sql=(
+            "SELECT quantile_disc(t, [0, 0.5, 1]) FROM (SELECT min(epoch(t)) AS t FROM events "
+            f"WHERE kind = 'status' AND new_status = '{status}' GROUP BY job_id)"))["rows"][0][0]
+        return [v - t0 for v in row]
+    stages = {"submit answered": answered, "placed": stage("dispatching"), "launch answered": stage("running"),
+              "process started": starts}
+    out = {"submit calls s": answered[-1]}
+    for name, values in stages.items():
+        out[f"{name}: first s"] = min(values)
+        out[f"{name}: median s"] = statistics.median(values)
+        out[f"{name}: last s"] = max(values)
+    out["submit -> every GPU busy s"] = out["process started: last s"]
+    machine, daemon = cpu.used(t0 + out["process started: last s"])
+    out["until every GPU busy: CPU s available"] = (os.cpu_count() or 1) * out["process started: last s"]
+    out["until every GPU busy: CPU s used, all"] = machine
+    out["until every GPU busy: CPU s used, daemon"] = daemon
+    return out
 
 
 def dispatch_rounds(root: Path, hosts: int, gpus: int, queued: int, rounds: int) -> dict[str, float]:
@@ -179,8 +230,9 @@ def main() -> None:
                 try:
                     if "wave" in only:
                         waves.append(wave(client, root, args.hosts, args.gpus, args.wave_seconds))
-                        print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in waves[-1].items()),
-                              flush=True)
+                        print(f"run {run + 1}, wave:", flush=True)
+                        for k, v in waves[-1].items():
+                            print(f"  {k:<44} {v:8.2f}", flush=True)
                     if "memory" in only and run == 0:
                         results["memory"] = memory(client, args.mem_jobs, args.mem_step)
                 finally:
@@ -189,7 +241,9 @@ def main() -> None:
             print(f"daemon start: median {results['daemon start s']:.2f} s of {starts}")
             if waves:
                 results["wave"] = {k: statistics.median(w[k] for w in waves) for k in waves[0]}
-                print("wave medians: " + ", ".join(f"{k} {v:.2f}" for k, v in results["wave"].items()))
+                print("wave medians:")
+                for k, v in results["wave"].items():
+                    print(f"  {k:<44} {v:8.2f}")
     results["load end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

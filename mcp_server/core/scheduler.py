@@ -30,7 +30,7 @@ from gpu_agent.protocol import TERMINAL_STATUSES as AGENT_TERMINAL
 from ..fleet import AgentError, Fleet, HostUnavailable, ProtocolError, RequestTimeout
 from ..fleet.sources import Demand, HostFacts, HostSource, QueuedJob
 from ..fleet.hosts_config import HostConfig, HostsFile
-from ..history import History
+from ..history import History, JobChange
 from ..research.guard import Allowance
 from ..stores.code import CodeStore
 from . import gpu_classes
@@ -526,26 +526,26 @@ class Scheduler:
         return len(launches)
 
     def _write_intents(self, chosen: list[tuple[dict, Placement]]) -> list[tuple[dict, Placement, str]]:
-        """Record each placement and its fresh launch token before any launch, in one transaction: the jobs of a
-        round start together instead of one commit apart. Returns the jobs still queued when written."""
-        launches = []
+        """Record each placement and its fresh launch token before any launch, in one transaction of a few
+        statements: the jobs of a round start together instead of one commit apart. Returns the jobs still queued
+        when written."""
+        def intent(job: dict, placement: Placement, token: str) -> JobChange:
+            where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
+            return JobChange(job["job_id"], {
+                "status": JobStatus.DISPATCHING, "host": placement.host, "gpu_indices": list(placement.gpu_indices),
+                "gpu_model": placement.gpu_model, "gpu_class": placement.gpu_class, "launch_token": token},
+                expect_status=JobStatus.QUEUED, reason=f"placed on {placement.host} {where} ({placement.gpu_class})")
+
+        tokens = [uuid.uuid4().hex for _ in chosen]
         try:
-            with self.history.transaction():
-                for job, placement in chosen:
-                    token = uuid.uuid4().hex
-                    where = ",".join(f"gpu{i}" for i in placement.gpu_indices) or "a CPU slot"
-                    if self.history.update_job(
-                            job["job_id"], expect_status=JobStatus.QUEUED, status=JobStatus.DISPATCHING,
-                            host=placement.host,
-                            gpu_indices=list(placement.gpu_indices), gpu_model=placement.gpu_model,
-                            gpu_class=placement.gpu_class, launch_token=token,
-                            _reason=f"placed on {placement.host} {where} ({placement.gpu_class})"):
-                        launches.append((job, placement, token))
+            applied = self.history.update_jobs([intent(job, placement, token)
+                                                for (job, placement), token in zip(chosen, tokens)])
         except BaseException:
             for job, placement in chosen:
                 self._free(job["job_id"], placement.host)
             self._queue_stale = True
             raise
+        launches = [(job, placement, token) for (job, placement), token, ok in zip(chosen, tokens, applied) if ok]
         placed = {job["job_id"] for job, _, _ in launches}
         taken = {id(job) for job, _ in chosen}
         self._queue = [job for job in self._queue if id(job) not in taken]
@@ -609,8 +609,9 @@ class Scheduler:
     def _launched(self, host: str, job_id: str, argv: list[str], state: dict) -> None:
         self._after_dispatch()
         # "running" too: the job_started event may have been recorded first; a job that ended stays as it is.
-        self.history.update_job(job_id, expect_status=[*LAUNCHING_STATUSES, JobStatus.RUNNING],
-                                status=JobStatus.RUNNING, argv=argv, _reason=f"launched on {host}")
+        # Grouped: a wave's launches are confirmed by every host's ingester at once.
+        self.history.update_job_grouped(JobChange(job_id, {"status": JobStatus.RUNNING, "argv": argv},
+                                                  [*LAUNCHING_STATUSES, JobStatus.RUNNING], f"launched on {host}"))
         if state.get("status") in AGENT_TERMINAL:   # it ended before the reply was read
             self._free(job_id, host)
             self._ingest(host, job_id, state)
@@ -671,8 +672,9 @@ class Scheduler:
 
     def _mark_started(self, job_id: str, state: dict) -> None:
         self._after_dispatch()
-        self.history.update_job(job_id, expect_status=list(IN_FLIGHT_STATUSES),
-                                status=JobStatus.RUNNING, started_at=state.get("started_at"), _reason="process started")
+        self.history.update_job_grouped(JobChange(
+            job_id, {"status": JobStatus.RUNNING, "started_at": state.get("started_at")}, list(IN_FLIGHT_STATUSES),
+            "process started"))
 
     def _ingest(self, host: str, job_id: str, state: dict | None = None) -> None:
         """Copy new metric records and the job's state from the host into the history (idempotent). A job the host
@@ -808,7 +810,27 @@ class Scheduler:
             self._settle(host, current, found[0] if found else None)
 
     def _live_ingest(self) -> None:
+        """Copy what running jobs printed since the last look. Per host, one status request for all its running
+        jobs, then an ingest only of those with something new (metrics past the history's, more log, an end): a
+        request and a history transaction per job every few seconds held the write lock for seconds on a fleet of
+        512 running jobs, and a dispatch round waited behind them."""
+        by_host: dict[str, list[dict]] = {}
         for job in self.history.jobs(status=[JobStatus.RUNNING], limit=None):
             rt = self.hosts.get(job["host"])
             if rt is not None and rt.ready:
-                self._ingester(rt.config.name).submit(self._guard, self._ingest, rt.config.name, job["job_id"])
+                by_host.setdefault(rt.config.name, []).append(job)
+        for host, jobs in by_host.items():
+            self._ingester(host).submit(self._guard, self._live_ingest_host, host, jobs)
+
+    def _live_ingest_host(self, host: str, jobs: list[dict]) -> None:
+        res = self.request(host, "status", {"job_ids": [self._current_host_id(job) for job in jobs]})
+        states = {s["job_id"]: s for s in res.get("jobs", [])}
+        for job in jobs:
+            state = states.get(self._current_host_id(job))
+            if state is None:   # not on the host (any more): the reconciliation settles that, not a metrics copy
+                continue
+            # `job` was read before this step waited its turn: at worst it shows less than the history has, and an
+            # ingest with nothing new writes nothing.
+            if (state.get("metrics_count", 0) > job["metrics_seq"] + 1 or state.get("log_bytes") != job["log_bytes"]
+                    or state.get("status") in AGENT_TERMINAL):
+                self._ingest(host, job["job_id"], state)

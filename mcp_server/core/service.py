@@ -359,6 +359,8 @@ class Service:
         (its config, preset, code, budget; yours apply on top). Returns job ids with placement or queue position;
         then wait_for_jobs."""
         rows, problems = [], []
+        # The fleet's answer per distinct requirement and limit: a wave of 200 alike jobs asks once, not 200 times.
+        impossible: dict[tuple[str, float], str | None] = {}
         for n, spec in enumerate(jobs):
             try:
                 if spec.hypothesis_id is not None and self.history.get_hypothesis(spec.hypothesis_id) is None:
@@ -369,7 +371,10 @@ class Service:
                 if spec.base == "incumbent":
                     spec = self._on_incumbent(spec, req)
                 budget, limit = job_times(self.research, spec.kind, spec.time_budget_s, spec.time_limit_s)
-                reason = self.scheduler.why_impossible(req, limit)
+                key = (req.model_dump_json(), limit)
+                if key not in impossible:
+                    impossible[key] = self.scheduler.why_impossible(req, limit)
+                reason = impossible[key]
                 if reason:
                     raise ArcError(f"can never run: {reason}")
                 code_hash = self._resolve_code(spec)

@@ -17,6 +17,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "Migration": ".schema",
     "SnapshotWriter": ".snapshot",
     "History": ".store",
+    "JobChange": ".store",
     "HistoryBusyError": ".errors",
     "HistoryError": ".errors",
     "SnapshotInfo": ".store",

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -66,6 +66,29 @@ def _arrow_type(sql_type: str) -> pa.DataType:
     }[sql_type]
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """One job's compare-and-set for `History.update_jobs`: set `fields` if its status is (one of) `expect_status`
+    (None: whatever it is); a status change records an event with `reason` and `event` as its data."""
+    job_id: str
+    fields: Mapping[str, Any]
+    expect_status: str | Sequence[str] | None = None
+    reason: str | None = None
+    event: Any = None
+
+    def expected(self) -> set[str] | None:
+        status = self.expect_status
+        return None if status is None else {status} if isinstance(status, str) else set(status)
+
+
+@dataclass
+class _Grouped:
+    """A change waiting in `update_job_grouped`, and what became of it."""
+    change: JobChange
+    done: threading.Event = field(default_factory=threading.Event)
+    result: bool | BaseException = False     # applied, or why the batch failed
+
+
 class History:
     """`read_only=True`: for reading a history no process holds read-write (the CLI with no daemon running);
     writes are refused, and the file must exist and be at the current schema version."""
@@ -97,6 +120,9 @@ class History:
         self._fd = os.open(self.path, os.O_RDONLY)
         self._local = threading.local()
         self._write_lock = threading.RLock()
+        self._grouped: list[_Grouped] = []        # update_job_grouped's queue
+        self._grouped_lock = threading.Lock()
+        self._group_writing = False               # a thread is writing the queue
         self._listeners: list[Callable[[], None]] = []
         self._generation = 0
         self._closed = False
@@ -233,12 +259,17 @@ class History:
         arrays = {n: [self._to_db(table, n, row.get(n)) for row in rows] for n in names}
         self._insert_arrow(cur, table, pa.table(arrays, schema=schema))
 
+    @classmethod
+    def _insert_arrow(cls, cur: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+        cls._with_arrow(cur, table, data, f"INSERT INTO {table} BY NAME SELECT * FROM {{view}}")
+
     @staticmethod
-    def _insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
-        view = f"_arrow_{table}"
+    def _with_arrow(cur: duckdb.DuckDBPyConnection, name: str, data: pa.Table, sql: str) -> None:
+        """Run `sql` with the Arrow table `data` visible as `{view}`."""
+        view = f"_arrow_{name}"
         cur.register(view, data)
         try:
-            cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+            cur.execute(sql.format(view=view))
         finally:
             cur.unregister(view)
 
@@ -394,21 +425,92 @@ class History:
         Returns False, changing nothing, when the job does not exist or its status did not match. A status change
         writes a `status` event (reason `_reason`, data `_event`) in the same transaction.
         """
-        self._check_columns("jobs", fields, frozenset({"job_id", "job_num", "updated_at"}))
-        if "status" in fields:
-            _check_choice("status", fields["status"], JOB_STATUSES)
-        expected = None if expect_status is None else \
-            {expect_status} if isinstance(expect_status, str) else set(expect_status)
+        return self.update_jobs([JobChange(job_id, fields, expect_status, _reason, _event)])[0]
+
+    def update_jobs(self, changes: Sequence[JobChange]) -> list[bool]:
+        """`update_job` for many jobs in one transaction and a few statements: one read of their statuses, one
+        UPDATE per distinct set of columns, one insert of their events. A statement per job made a dispatch round
+        of 200 placements, or a wave's 512 launch confirmations, hold the write lock for seconds. Changes apply in
+        order (a later change to the same job sees the earlier one's status). Returns, per change, whether it was
+        applied."""
+        for change in changes:
+            self._check_change(change)
+        if not changes:
+            return []
+        nums = [_job_num(change.job_id) for change in changes]
         with self.transaction() as cur:
-            found = first_row(cur.execute("SELECT status, host FROM jobs WHERE job_num = ?", [_job_num(job_id)]))
-            if found is None or (expected is not None and found[0] not in expected):
-                return False
-            old_status, host = found
-            self._set_job(cur, job_id, fields)
-            if "status" in fields and fields["status"] != old_status:
-                self._add_event(cur, "status", _reason, job_id=job_id, host=fields.get("host", host),
-                                data=_event, old_status=old_status, new_status=fields["status"])
-        return True
+            state = {num: (status, host) for num, status, host in cur.execute(
+                "SELECT job_num, status, host FROM jobs WHERE job_num IN (SELECT unnest(?))", [nums]).fetchall()}
+            t = now()
+            applied: list[bool] = []
+            pending: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+            events: list[dict[str, Any]] = []
+            written: set[int] = set()      # jobs in `pending`
+            for change, num in zip(changes, nums):
+                found = state.get(num)
+                expected = change.expected()
+                if found is None or (expected is not None and found[0] not in expected):
+                    applied.append(False)
+                    continue
+                if num in written:      # one UPDATE sets a row once: write the earlier change first
+                    self._set_jobs(cur, pending)
+                    written.clear()
+                written.add(num)
+                fields = {**change.fields, "updated_at": t}
+                pending.setdefault(tuple(fields), []).append((num, fields))
+                old_status, host = found
+                if "status" in fields and fields["status"] != old_status:
+                    events.append({"job_id": change.job_id, "host": fields.get("host", host), "kind": "status",
+                                   "old_status": old_status, "new_status": fields["status"], "reason": change.reason,
+                                   "data": change.event})
+                state[num] = (fields.get("status", old_status), fields.get("host", host))
+                applied.append(True)
+            self._set_jobs(cur, pending)
+            if len(events) == 1:
+                self._add_event(cur, **events[0])
+            elif events:
+                self._insert(cur, "events", [{**event, "t": t} for event in events])
+        return applied
+
+    def update_job_grouped(self, change: JobChange) -> bool:
+        """`update_job` for many threads at once (group commit): a thread that finds no write under way writes its
+        change and, until none is left, every change queued meanwhile, each batch in one `update_jobs`; the others
+        wait for theirs. 64 host threads confirming a wave's 512 launches so write a few transactions, not 512. Not
+        inside a transaction: another thread may write this change."""
+        self._check_change(change)
+        if getattr(self._local, "depth", 0):
+            raise RuntimeError("update_job_grouped inside a transaction: another thread may write the change "
+                               "outside it; call update_job there")
+        mine = _Grouped(change)
+        with self._grouped_lock:
+            self._grouped.append(mine)
+            lead, self._group_writing = not self._group_writing, True
+        if lead:
+            # Write until nothing waits: changes queued meanwhile go in the next batch. The others wait on their
+            # own events, not on a lock each must take in turn to learn it is done (64 such turns cost more than
+            # the write).
+            while True:
+                with self._grouped_lock:
+                    batch, self._grouped = self._grouped, []
+                    if not batch:
+                        self._group_writing = False
+                        break
+                try:
+                    results = self.update_jobs([g.change for g in batch])
+                except BaseException as e:
+                    results = [e] * len(batch)
+                for g, result in zip(batch, results):
+                    g.result = result
+                    g.done.set()
+        mine.done.wait()
+        if isinstance(mine.result, BaseException):
+            raise mine.result
+        return mine.result
+
+    def _check_change(self, change: JobChange) -> None:
+        self._check_columns("jobs", change.fields, frozenset({"job_id", "job_num", "updated_at"}))
+        if "status" in change.fields:
+            _check_choice("status", change.fields["status"], JOB_STATUSES)
 
     def retry_job(self, job_id: str, expect_status: str | Sequence[str], reason: str,
                   started_at: Any = None, avoid_host: bool = True) -> bool:
@@ -456,6 +558,25 @@ class History:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         cur.execute(f"UPDATE jobs SET {assignments} WHERE job_num = ?",
                     [self._to_db("jobs", n, v) for n, v in fields.items()] + [_job_num(job_id)])
+
+    def _set_jobs(self, cur: duckdb.DuckDBPyConnection,
+                  pending: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]]) -> None:
+        """One UPDATE per set of columns, from an Arrow table of (job_num, values...); empties `pending`. A single
+        row goes as plain parameters: registering an Arrow table costs more than the statement."""
+        types = self._columns["jobs"]
+        for names, group in pending.items():
+            if len(group) == 1:
+                num, fields = group[0]
+                cur.execute(f"UPDATE jobs SET {', '.join(f'{n} = ?' for n in names)} WHERE job_num = ?",
+                            [self._to_db("jobs", n, fields[n]) for n in names] + [num])
+                continue
+            data = pa.table({"job_num": pa.array([num for num, _ in group], pa.int64()),
+                             **{n: pa.array([self._to_db("jobs", n, fields[n]) for _, fields in group],
+                                            _arrow_type(types[n])) for n in names}})
+            assignments = ", ".join(f"{n} = u.{n}" for n in names)
+            self._with_arrow(cur, "jobs_update", data,
+                             f"UPDATE jobs SET {assignments} FROM {{view}} AS u WHERE jobs.job_num = u.job_num")
+        pending.clear()
 
     # ---- metrics ingestion ----------------------------------------------------------------------------------
 
