@@ -43,7 +43,7 @@ def test_arc_mcp_exits_when_its_client_closes_stdin(tmp_path, local_hosts_yaml):
 
 @pytest.mark.parametrize("module, absent", [
     ("mcp_server.surfaces.bridge", ["mcp", "anyio", "httpx2", "pydantic"]),
-    ("mcp_server.daemon.server", ["scipy", "optuna", "matplotlib", "pandas", "paramiko", "pyarrow"]),
+    ("mcp_server.daemon.server", ["scipy", "optuna", "matplotlib", "pandas", "paramiko"]),
 ])
 def test_start_up_imports_leave_out_what_waits_for_first_use(module, absent):
     probe = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"

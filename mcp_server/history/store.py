@@ -20,9 +20,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
+import pyarrow as pa
 
 from ..core.gpu_classes import gpu_class
 from ..core.vocabulary import DECISION_KINDS, HYPOTHESIS_STATUSES, JOB_KINDS, JOB_STATUSES, HypothesisStatus, JobStatus
@@ -31,9 +32,6 @@ from .errors import HistoryBusyError, HistoryError
 from .ingest import plan_ingest
 from .schema import migrate
 from .values import first_row, from_json, now, to_json, utc
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 
 DEFAULT_PRIMARY_METRIC = "val_bpb"
@@ -57,7 +55,6 @@ class SnapshotInfo:
 
 
 def _arrow_type(sql_type: str) -> pa.DataType:
-    import pyarrow as pa    # here and in the two inserts: with numpy, a tenth of the daemon's start, used later
     if sql_type.endswith("[]"):
         return pa.list_(_arrow_type(sql_type[:-2]))
     return {
@@ -251,8 +248,6 @@ class History:
 
     def _insert(self, cur: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert dict rows through Arrow; absent columns take their defaults."""
-        import pyarrow as pa
-
         names = sorted({k for row in rows for k in row})
         types = self._columns[table]
         schema = pa.schema([(n, _arrow_type(types[n])) for n in names])
@@ -592,8 +587,6 @@ class History:
                 raise HistoryError(f"unknown job {job_id!r}: ingest only jobs inserted with insert_jobs()")
             plan = plan_ingest(job[0], state, records)
             if plan.metrics:
-                import pyarrow as pa
-
                 m = plan.metrics
                 self._insert_arrow(cur, "metrics", pa.table({
                     "job_id": pa.array(m.job_id, pa.string()), "seq": pa.array(m.seq, pa.int64()),
