@@ -3,23 +3,20 @@ netns fleet that has run real jobs. Each test saves a screenshot under its tmp d
 from __future__ import annotations
 
 import http.client
-import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+# selenium is in the test extra (pip install -e '.[test]'): missing, this file fails to import rather than skip.
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
 
 from mcp_server.surfaces.dashboard import dashboard_url
 from tests.daemon_support import Arc, metric_job, wait_for
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=".ci/run installs chromium and chromium-driver")
 
 XSS = "<script>alert(1)</script>"
 XSS_JOB = f"import json\nprint({XSS!r}, flush=True)\nprint('---')\nprint('val_bpb: 1.5')\n"
@@ -45,17 +42,24 @@ def campaign(netns_hosts, tmp_path_factory):
     arc.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(*flags: str):
+    """A fresh headless Chromium (its own profile: no cookie of another session)."""
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("chromium and chromedriver are not on PATH: apt-get install -y chromium chromium-driver "
+                    "(.ci/run does)")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1300,1000"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *flags):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium("--window-size=1300,1000")
     yield driver
     driver.quit()
 
@@ -120,9 +124,6 @@ def raw(arc: Arc, method: str, path: str, headers: dict | None = None, body: str
 
 
 def test_without_the_token_there_is_no_page_and_no_data(campaign, tmp_path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     arc = campaign["arc"]
     for path in ("/dashboard/", "/dashboard/api/campaign", "/dashboard/api/jobs", "/dashboard/events",
                  "/dashboard/?token=wrong"):
@@ -141,11 +142,7 @@ def test_without_the_token_there_is_no_page_and_no_data(campaign, tmp_path):
     # The /rpc door still wants its bearer token.
     assert raw(arc, "POST", "/rpc/list_jobs", {"Content-Type": "application/json"}, "{}")[0] == 401
 
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    fresh = webdriver.Chrome(service=Service(DRIVER), options=options)
+    fresh = chromium()
     try:
         fresh.get(url(arc, token=False))
         assert "401" in fresh.find_element(By.TAG_NAME, "body").text
@@ -156,9 +153,6 @@ def test_without_the_token_there_is_no_page_and_no_data(campaign, tmp_path):
 
 
 def test_the_report_opens_offline_with_the_same_runs(campaign, tmp_path):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     arc = campaign["arc"]
     out = tmp_path / "campaign.html"
     arc.cli("report", "-o", str(out))
@@ -167,12 +161,7 @@ def test_the_report_opens_offline_with_the_same_runs(campaign, tmp_path):
     assert XSS not in text, "job output is never written unescaped"
     assert "<table id='lineage'>" in text and "<table id='leaderboard'>" in text
 
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1300,1000"):
-        options.add_argument(flag)
-    offline = webdriver.Chrome(service=Service(DRIVER), options=options)
+    offline = chromium("--window-size=1300,1000")
     try:
         offline.execute_cdp_cmd("Network.enable", {})
         offline.execute_cdp_cmd("Network.emulateNetworkConditions", {

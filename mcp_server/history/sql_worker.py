@@ -66,8 +66,9 @@ class SqlWorkers:
                 worker = self._idle.pop()
                 if worker.poll() is None:
                     return worker
+        # Its stderr is the daemon's: a worker's traceback lands in the daemon log.
         return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, close_fds=True)
+                                close_fds=True)
 
     def _keep(self, worker: subprocess.Popen) -> None:
         with self._lock:
@@ -99,9 +100,12 @@ def _died(worker: subprocess.Popen) -> str:
         code = worker.wait(timeout=5)
     except subprocess.TimeoutExpired:
         code = None
-    how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
-    return (f"the query's process ended ({how}) before answering, most likely out of memory: aggregate, filter, or "
-            "select fewer or shorter columns; other queries are not affected")
+    if code is not None and code >= 0:
+        return (f"the query's process ended (exit {code}) before answering; its error is in arc's daemon log "
+                "(arc daemon status shows where); other queries are not affected")
+    how = "closed its output" if code is None else f"ended (signal {-code})"
+    return (f"the query's process {how} before answering, most likely out of memory: aggregate, filter, or select "
+            "fewer or shorter columns; other queries are not affected")
 
 
 def _kill(worker: subprocess.Popen) -> None:
