@@ -54,7 +54,8 @@ class HostSource(ABC):
         """How to reach host `name`'s agent."""
 
     def refresh(self, demand: Demand) -> None:
-        """Once a tick: make or release hosts for the queue (static hosts: nothing to do)."""
+        """Once a tick, and at once when new work is queued or `on_change` is called: make or release hosts for the
+        queue (static hosts: nothing to do)."""
 
     def facts(self, name: str) -> HostFacts:
         return HostFacts()
