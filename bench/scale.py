@@ -174,23 +174,21 @@ def dispatch_rounds(root: Path, hosts: int, gpus: int, queued: int, rounds: int)
     return out
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory(client: DaemonClient, jobs: int, step: int) -> list[dict]:
+    """The daemon's RSS every `step` jobs, with what its history's DuckDB holds: its buffers, and the records in
+    its buffer pool's eviction queues (History.memory says why those grow, to a bound, and then stay)."""
+    def sample(done: int) -> dict:
+        m = client.get("/memory")
+        return {"jobs": done, "rss_mb": m["rss_mb"], **m["history"]}
 
-
-def memory(client: DaemonClient, jobs: int, step: int) -> list[tuple[int, float]]:
-    pid = client.info()["pid"]
-    samples = [(0, rss_mb(pid))]
+    samples = [sample(0)]
     done = 0
     while done < jobs:
         n = min(step, jobs - done)
         wait_all(client, submit(client, {"command": ["true"], "time_limit_s": 60}, n))
         done += n
-        samples.append((done, rss_mb(pid)))
-        print(f"  memory: {done} jobs, RSS {samples[-1][1]:.1f} MB", flush=True)
+        samples.append(sample(done))
+        print("  memory: " + ", ".join(f"{k} {v}" for k, v in samples[-1].items()), flush=True)
     return samples
 
 

@@ -79,7 +79,8 @@ def test_socket_token_and_state_dir_are_owner_only(daemon):
     assert socket_path.stat().st_uid == daemon.paths.daemon_token.stat().st_uid == os.getuid()
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/health"), ("POST", "/rpc/list_jobs"), ("POST", "/mcp")])
+@pytest.mark.parametrize("method, path", [("GET", "/health"), ("GET", "/memory"), ("POST", "/rpc/list_jobs"),
+                                          ("POST", "/mcp")])
 @pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
 def test_requests_without_the_right_token_are_refused_and_logged(daemon, method, path, unix):
     token = daemon.client.token()

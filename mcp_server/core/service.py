@@ -545,10 +545,13 @@ class Service:
             self._get(j)
         deadline = time.monotonic() + timeout_s
         version = self.scheduler.terminal_version
+        rows: dict[str, dict] = {}
+        pending = list(job_ids)
         while True:
-            rows = {r["job_id"]: r for r in self.history.get_jobs(job_ids)}   # one query per wake
-            done = [j for j, r in rows.items() if r["status"] in TERMINAL_STATUSES]
-            pending = [j for j in job_ids if j not in done]
+            # One query per wake, for the jobs still pending only: an ended job's row does not change.
+            rows.update((r["job_id"], r) for r in self.history.get_jobs(pending))
+            done = [j for j in job_ids if rows[j]["status"] in TERMINAL_STATUSES]
+            pending = [j for j in job_ids if rows[j]["status"] not in TERMINAL_STATUSES]
             finished = bool(done) if mode == "any" else not pending
             # Queued jobs behind a human checkpoint will not start within any wait: say so now.
             held = self.guard.last_held if self.guard is not None else None

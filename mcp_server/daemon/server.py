@@ -140,6 +140,14 @@ def _rpc_error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _rss_mb() -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None     # not Linux
+    return next(round(int(line.split()[1]) / 1024, 1) for line in status.splitlines() if line.startswith("VmRSS:"))
+
+
 def build_app(service: Service, token: str, server_name: str = "arc"):
     from mcp.server.transport_security import TransportSecuritySettings
 
@@ -150,6 +158,11 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "pid": os.getpid(), "version": __version__})
+
+    @mcp.custom_route("/memory", methods=["GET"])
+    async def memory(request: Request) -> JSONResponse:
+        """The daemon's resident memory and what the history's DuckDB holds of it (bench/scale.py reads this)."""
+        return JSONResponse({"rss_mb": _rss_mb(), "history": await anyio.to_thread.run_sync(service.history.memory)})
 
     @mcp.custom_route("/rpc/{method}", methods=["POST"])
     async def rpc(request: Request) -> JSONResponse:

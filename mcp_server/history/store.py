@@ -877,6 +877,17 @@ class History:
     def describe(self) -> dict[str, Any]:
         return describe_history(self.cursor())
 
+    def memory(self) -> dict[str, float]:
+        """What DuckDB holds for this history: its buffers (MB), and the records in its buffer pool's eviction
+        queues. DuckDB adds a record (~150 bytes, outside its buffers) for each buffer a query releases, and purges a
+        queue only once it holds more than 32,768 records (4096 x 2 x 4 in its buffer_pool.cpp), so over the first
+        few thousand jobs these records grow to about 8 queues x 32,768 and then stay there: the daemon's memory
+        grows by their ~40 MB and is flat after (bench/scale.py's memory figure shows both)."""
+        cur = self.cursor()
+        buffers = first_row(cur.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()"))[0]
+        records = first_row(cur.execute("SELECT coalesce(sum(approximate_size), 0) FROM duckdb_eviction_queues()"))[0]
+        return {"buffers_mb": round(buffers / 2**20, 1), "eviction_queue_records": int(records)}
+
 
 def _job_num(job_id: str) -> int | None:
     """Point lookups go by job_num: its zonemaps prune (job_id's do not, with a bound parameter: ~3x slower at
