@@ -701,7 +701,7 @@ class Scheduler:
                 except AgentError as e:
                     log.info("%s: release of %s's stale claim refused: %s", host, host_id, e)
                 return
-        seq = self.history.metrics_high_water(job_id)
+        seq = job["metrics_seq"] + 1     # metrics_high_water, from the row read above (a stale one re-sends, no more)
         records: list[dict] = []
         while True:
             res = self.request(host, "metrics", {"job_id": host_id, "from_seq": seq, "limit": 5000})

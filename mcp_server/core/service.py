@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence
 
 from pydantic import Field
 
@@ -184,6 +184,11 @@ class Service:
         if row is None:
             raise ArcError(f"no job {job_id}; list_jobs shows the jobs that exist")
         return row
+
+    def _get_all(self, job_ids: Sequence[str]) -> list[dict]:
+        """`_get` for each of `job_ids`, in one query (a wait or a status call may name 200)."""
+        rows = {r["job_id"]: r for r in self.history.get_jobs(job_ids)}
+        return [rows[j] if j in rows else self._get(j) for j in job_ids]
 
     # ---- GPUs -------------------------------------------------------------------------------------------
 
@@ -431,7 +436,7 @@ class Service:
                    ) -> JobDetails:
         """Details of up to 50 jobs: status, host, GPU class, config or command, exit code, final metrics
         (val_bpb ...) and the latest progress metrics."""
-        details = [self._job_detail(self._get(j)) for j in job_ids]
+        details = [self._job_detail(row) for row in self._get_all(job_ids)]
         counts: dict[str, int] = {}
         for d in details:
             counts[d.status] = counts.get(d.status, 0) + 1
@@ -458,7 +463,7 @@ class Service:
     def cancel_jobs(self, job_ids: Annotated[JobIds, Cli(positional=True)]) -> CancelResult:
         """Cancel queued or running jobs (a running job's whole process group is killed). Ended jobs are left
         as they are."""
-        rows = [self._get(j) for j in job_ids]
+        rows = self._get_all(job_ids)
         cancelled, ended, notes = [], [], []
         for row in rows:
             if row["status"] in TERMINAL_STATUSES:
@@ -541,15 +546,10 @@ class Service:
         """Block until any (default) or all of the jobs have ended, or `timeout_s` passes; returns the ended
         jobs with their metrics and the ids still pending. Sends progress notifications while it waits, so use
         it instead of polling. mode='any' lets you refill a GPU as soon as it frees."""
-        for j in job_ids:
-            self._get(j)
         deadline = time.monotonic() + timeout_s
-        version = self.scheduler.terminal_version
-        rows: dict[str, dict] = {}
-        pending = list(job_ids)
+        version = self.scheduler.terminal_version      # before the first read: an end in between wakes the wait
+        rows = {r["job_id"]: r for r in self._get_all(job_ids)}
         while True:
-            # One query per wake, for the jobs still pending only: an ended job's row does not change.
-            rows.update((r["job_id"], r) for r in self.history.get_jobs(pending))
             done = [j for j in job_ids if rows[j]["status"] in TERMINAL_STATUSES]
             pending = [j for j in job_ids if rows[j]["status"] not in TERMINAL_STATUSES]
             finished = bool(done) if mode == "any" else not pending
@@ -576,6 +576,8 @@ class Service:
                 progress(len(done), len(job_ids), f"{len(done)}/{len(job_ids)} ended; waiting on "
                          + ", ".join(pending[:5]))
             version = self.scheduler.wait_terminal(version, min(left, 2.0))
+            # One query per wake, for the jobs still pending only: an ended job's row does not change.
+            rows.update((r["job_id"], r) for r in self.history.get_jobs(pending))
 
     # ---- SQL ---------------------------------------------------------------------------------------------
 
@@ -719,7 +721,7 @@ class Service:
         (Welch's t-test with 2+ runs a side, else the noise floor measure_noise measured). Different GPU classes
         are flagged as not comparable; another time budget, dataset or preset across the sides, or a run whose
         throughput was off its class's median, is named in `confounds`."""
-        rows_a, rows_b = [self._get(j) for j in a], [self._get(j) for j in b]
+        rows_a, rows_b = self._get_all(a), self._get_all(b)
         missing = [r["job_id"] for r in rows_a + rows_b if r.get("primary_value") is None]
         if missing:
             raise ArcError(f"no {self.primary_metric} for {', '.join(missing[:8])} (not ended, or failed); "
@@ -926,7 +928,7 @@ class Service:
 
     def _one_class(self, job_ids: list[str], fix: str) -> tuple[list[dict], str]:
         """The jobs' rows and the one GPU class they ran on (refused when they ran on several: `fix` says what to do)."""
-        rows = [self._get(j) for j in job_ids]
+        rows = self._get_all(job_ids)
         classes = {r.get("gpu_class") or CPU_CLASS for r in rows}
         if len(classes) > 1:
             raise ArcError(f"job_ids ran on several classes ({', '.join(sorted(classes))}): {fix}")
