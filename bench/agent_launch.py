@@ -5,11 +5,14 @@ Over the serve protocol, locally (`python -m gpu_agent serve` as a child; no SSH
 - exit → event: from the job's last act (`date +%s.%N` prints the time, then exits) to the job_ended line;
 - back-to-back: on each job_ended, launch the next job on the same GPU at once; the gap is the next job's
   started_at minus this job's ended_at (both from state.json), p50 and p99 over --jobs jobs.
+- CPU per launch: a burst of --burst launches (`sleep 1`, one simulated GPU each, as a wave gives a host), the serve
+  process's own CPU per launch, and its reaped children's (the supervisors and the jobs they started) per job: what
+  a host spends to start a job, whatever the controller does.
 Each figure is the median over --runs runs (fresh workdir and serve process each). Also the cost of a one-shot
 `python -m gpu_agent hello` (a Python start) against a served hello: why serve exists, and why supervisors are forked
 (the serve process keeps one spare forked ahead) rather than started as a new Python.
 
-    python bench/agent_launch.py [--runs 5] [--jobs 60] [--samples 20]
+    python bench/agent_launch.py [--runs 5] [--jobs 60] [--samples 20] [--burst 64]
 """
 from __future__ import annotations
 
@@ -31,6 +34,44 @@ from gpu_agent.client import PACKAGE_PARENT, AgentProcess  # noqa: E402
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_s(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+        except OSError:
+            pass        # it exited while we looked
+    return out
+
+
+def burst_cpu(burst: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "agent.json").write_text(json.dumps({"simulate_gpus": [{"model": "SIM", "memory_gb": 80}] * burst}))
+        with AgentProcess(workdir) as agent:
+            agent.call("hello")
+            own0, children0 = cpu_s(agent.proc.pid)
+            for i in range(burst):
+                agent.call("launch", job_id=f"c{i}", launch_token=f"c{i}", argv=["sleep", "1"], gpus=[i],
+                           time_limit_s=30)
+            own1, _ = cpu_s(agent.proc.pid)
+            for i in range(burst):
+                agent.event("job_ended", f"c{i}")
+            # Only the spare forked ahead is left once the serve loop has reaped every job's supervisor.
+            agent.wait_for(lambda: len(children(agent.proc.pid)) <= 1, timeout=10, what="every supervisor reaped")
+            _, children1 = cpu_s(agent.proc.pid)
+    return {"CPU per launch: serve process": (own1 - own0) / burst,
+            "CPU per job: supervisor + job": (children1 - children0) / burst}
 
 
 def one_run(jobs: int, samples: int) -> dict[str, float]:
@@ -91,11 +132,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=60, help="back-to-back jobs per run (>= 50 for a p99)")
     parser.add_argument("--samples", type=int, default=20, help="launch and exit samples per run")
+    parser.add_argument("--burst", type=int, default=64, help="launches in the CPU-per-launch burst")
     args = parser.parse_args()
     print(f"host: {os.uname().nodename}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"python {sys.version.split()[0]}; "
           f"{args.runs} runs × ({args.samples} samples, {args.jobs} back-to-back jobs)")
-    runs = [one_run(args.jobs, args.samples) for _ in range(args.runs)]
+    runs = [{**one_run(args.jobs, args.samples), **burst_cpu(args.burst)} for _ in range(args.runs)]
     print(f"{'figure':40} {'median':>10}   runs (ms)")
     for key in runs[0]:
         values = [r[key] * 1000 for r in runs]
