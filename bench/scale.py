@@ -175,11 +175,12 @@ def dispatch_rounds(root: Path, hosts: int, gpus: int, queued: int, rounds: int)
 
 
 def memory(client: DaemonClient, jobs: int, step: int) -> list[dict]:
-    """The daemon's RSS every `step` jobs, with what its history's DuckDB holds: its buffers, and the records in
-    its buffer pool's eviction queues (History.memory says why those grow, to a bound, and then stay)."""
+    """The daemon's RSS every `step` jobs, where it is (Python's objects, malloc's bytes in use and free but kept),
+    and what its history's DuckDB holds: its buffers, and the records in its buffer pool's eviction queues
+    (History.memory says why those grow, to a bound, and then stay)."""
     def sample(done: int) -> dict:
         m = client.get("/memory")
-        return {"jobs": done, "rss_mb": m["rss_mb"], **m["history"]}
+        return {"jobs": done, **{k: v for k, v in m.items() if k != "history"}, **m["history"]}
 
     samples = [sample(0)]
     done = 0

@@ -13,6 +13,7 @@ Every other request must carry `Authorization: Bearer <token>`; the token is gen
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hmac
 import json
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,12 +142,37 @@ def _rpc_error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _rss_mb() -> float | None:
+def _memory() -> dict[str, Any]:
+    """Where the daemon's resident memory is: Python's objects (pymalloc blocks in use), and glibc malloc's bytes in use
+    and free but kept (DuckDB, pyarrow's system allocations and other native code allocate there). None where this
+    platform has no such figure (not Linux, not glibc)."""
+    out: dict[str, Any] = {"rss_mb": None, "python_blocks": sys.getallocatedblocks(), "malloc_in_use_mb": None,
+                           "malloc_free_mb": None}
     try:
         status = Path("/proc/self/status").read_text()
+        out["rss_mb"] = next(round(int(line.split()[1]) / 2**10, 1) for line in status.splitlines()
+                             if line.startswith("VmRSS:"))
     except OSError:
-        return None     # not Linux
-    return next(round(int(line.split()[1]) / 1024, 1) for line in status.splitlines() if line.startswith("VmRSS:"))
+        pass
+    try:
+        info = _mallinfo2()
+    except (OSError, AttributeError):
+        return out
+    out["malloc_in_use_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
+    out["malloc_free_mb"] = round(info.fordblks / 2**20, 1)
+    return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _mallinfo2() -> _MallInfo2:
+    fn = ctypes.CDLL(None).mallinfo2       # glibc >= 2.33; AttributeError elsewhere
+    fn.restype = _MallInfo2
+    return fn()
 
 
 def build_app(service: Service, token: str, server_name: str = "arc"):
@@ -162,7 +189,7 @@ def build_app(service: Service, token: str, server_name: str = "arc"):
     @mcp.custom_route("/memory", methods=["GET"])
     async def memory(request: Request) -> JSONResponse:
         """The daemon's resident memory and what the history's DuckDB holds of it (bench/scale.py reads this)."""
-        return JSONResponse({"rss_mb": _rss_mb(), "history": await anyio.to_thread.run_sync(service.history.memory)})
+        return JSONResponse({**_memory(), "history": await anyio.to_thread.run_sync(service.history.memory)})
 
     @mcp.custom_route("/rpc/{method}", methods=["POST"])
     async def rpc(request: Request) -> JSONResponse:
