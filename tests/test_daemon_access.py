@@ -115,3 +115,11 @@ def test_another_user_can_neither_connect_nor_read_the_token(daemon):
         assert run() == {"socket": "PermissionError", "token": "PermissionError", "http": 401}
     finally:
         os.chmod(daemon.paths.root, 0o700)
+
+
+def test_memory_says_where_the_daemons_memory_is(daemon):
+    memory = daemon.client.get("/memory")
+    assert memory["rss_mb"] > memory["malloc_in_use_mb"] > 0 and memory["malloc_free_mb"] >= 0
+    assert memory["python_blocks"] > 0
+    assert set(memory["history"]) == {"buffers_mb", "eviction_queue_records"}
+    assert memory["history"]["buffers_mb"] > 0        # the history's tables are open
