@@ -233,10 +233,14 @@ class NetnsFleet:
         self.start_sshd(name)
 
     def kill_sshd(self, name: str) -> None:
-        """SIGKILL every sshd process of the host, listener and open connections: sessions drop at once."""
-        for pid in self.pids(name):
-            if _comm(pid) == "sshd":
-                _signal(pid, signal.SIGKILL)
+        """SIGKILL every sshd process of the host, listener and open connections: sessions drop at once. Returns
+        once they are gone: a killed listener holds its port until it has exited, and an sshd started before then
+        cannot bind it (the chaos run's restart failed that way on a loaded machine)."""
+        killed = [pid for pid in self.pids(name) if _comm(pid) == "sshd"]
+        for pid in killed:
+            _signal(pid, signal.SIGKILL)
+        for pid in killed:
+            _wait_gone(pid)
 
     def drop_connections(self, name: str) -> None:
         """Kill the host's open SSH connections but keep its sshd listening (a network blip, seen from the host)."""
