@@ -33,6 +33,13 @@ HANDSHAKE_TIMEOUT_S = 30.0
 DUPLICATE_WAIT_S = 2.0
 CACHE_DIR = "cache"
 
+# Every job runs in its own session, so Linux (autogroup) schedules it as its own group: when anything else is busy,
+# a job's OpenMP threads cannot all run at once, and GNU OpenMP's default spin of 300,000 iterations per wait burns
+# the group's share waiting for a thread that is not running. Measured on 2 cores with one busy process beside it
+# (bench/cpu_contention.py, median of 3): the CPU trainer's 40 steps trained in 124 s; with a spin of 1,000, in 9.2 s
+# (5.3 s and 5.5 s on the quiet machine). The agent's or the job's own environment wins.
+JOB_ENV_DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
+
 
 class Watch(NamedTuple):
     """The serve loop's handle on a supervisor it forked: its messages, and EOF when it exits, arrive on `fd`."""
@@ -204,7 +211,7 @@ def _plan(workdir: Path, gpus: Gpus, p: dict[str, Any]) -> supervisor.JobPlan:
     simulated = any(d.simulated for d in chosen)
     cache = workdir / CACHE_DIR
     cache.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **p["env"],
+    env = {**JOB_ENV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1", **p["env"],
            # Set last: a job may not pick other GPUs than it claimed. Simulated GPUs run on the CPU.
            "CUDA_VISIBLE_DEVICES": "" if simulated else ",".join(str(i) for i in p["gpus"]),
            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

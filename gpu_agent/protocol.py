@@ -166,7 +166,8 @@ class LaunchParams(_LaunchRequired, total=False):
     kill_grace_s: float        # SIGTERM, then SIGKILL after this many seconds
 # The job sees CUDA_VISIBLE_DEVICES (claimed indices; "" for CPU-only jobs and simulated GPUs),
 # CUDA_DEVICE_ORDER=PCI_BUS_ID, ARC_JOB_ID, ARC_CACHE_DIR=<workdir>/cache, ARC_GPU_MODEL (the first claimed GPU's
-# name, "" for CPU-only jobs) and PYTHONUNBUFFERED=1 unless env sets it.
+# name, "" for CPU-only jobs), and PYTHONUNBUFFERED=1 and GOMP_SPINCOUNT=1000 (launcher.JOB_ENV_DEFAULTS) unless env
+# sets them.
 
 
 class JobState(TypedDict, total=False):

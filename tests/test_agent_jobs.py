@@ -130,7 +130,8 @@ def test_job_environment_cwd_and_argv(agent, workdir):
     (workdir / "code" / "abc").mkdir(parents=True)
     show = python_job('''
         import json, os, sys
-        keys = ["CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ARC_JOB_ID", "ARC_CACHE_DIR", "ARC_GPU_MODEL", "MINE"]
+        keys = ["CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ARC_JOB_ID", "ARC_CACHE_DIR", "ARC_GPU_MODEL", "MINE",
+                "GOMP_SPINCOUNT"]
         print("@arc " + json.dumps({"env": {k: os.environ.get(k) for k in keys}, "cwd": os.getcwd(),
                                     "args": sys.argv[1:]}))
     ''') + ["$HOME; ls", "*"]
@@ -139,14 +140,15 @@ def test_job_environment_cwd_and_argv(agent, workdir):
     data = agent.call("metrics", job_id="e1")["records"][0]["data"]
     assert data["env"] == {"CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "ARC_JOB_ID": "e1",
                            "ARC_CACHE_DIR": str((workdir / "cache").resolve()), "ARC_GPU_MODEL": "NVIDIA H200",
-                           "MINE": "x y"}
+                           "MINE": "x y", "GOMP_SPINCOUNT": "1000"}
     assert data["cwd"] == str((workdir / "code" / "abc").resolve())
     assert data["args"] == ["$HOME; ls", "*"]       # no shell: nothing expanded
 
-    launch(agent, "e2", show, cwd="code/abc")         # CPU-only job
+    launch(agent, "e2", show, cwd="code/abc", env={"GOMP_SPINCOUNT": "300000"})      # CPU-only job
     state = ended(agent, "e2")
     assert state["cpu_slot"] in (0, 1) and state["gpus"] == []
-    assert agent.call("metrics", job_id="e2")["records"][0]["data"]["env"]["ARC_GPU_MODEL"] == ""
+    env = agent.call("metrics", job_id="e2")["records"][0]["data"]["env"]
+    assert (env["ARC_GPU_MODEL"], env["GOMP_SPINCOUNT"]) == ("", "300000")     # the job's own setting wins
 
 
 def test_a_job_that_cannot_start_fails_with_the_reason(agent, workdir):
