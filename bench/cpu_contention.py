@@ -17,20 +17,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gpu_agent.launcher import JOB_ENV_DEFAULTS  # noqa: E402
+from mcp_server.surfaces.demo import DATA_ARGS  # noqa: E402
 
 SPINS = {"GNU default (300,000)": {}, f"agent's ({JOB_ENV_DEFAULTS['GOMP_SPINCOUNT']})": JOB_ENV_DEFAULTS}
 
 
 def prepare(folder: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "trainer.prepare", "--out", str(folder), "--max-bytes", "2000000",
-                    "--vocab-size", "2048"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "trainer.prepare", "--out", str(folder), *DATA_ARGS],
+                   cwd=ROOT, check=True, capture_output=True)
     return folder
 
 
@@ -61,13 +62,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(Path(tmp) / "data")
         rows = []
-        for machine in ("quiet", "one busy process beside it"):
+        for machine, beside in (("quiet", nullcontext), ("one busy process beside it", busy_neighbour)):
             for spin, spin_env in SPINS.items():
-                if machine == "quiet":
+                with beside():
                     times = [training_seconds(data, args.steps, spin_env) for _ in range(args.runs)]
-                else:
-                    with busy_neighbour():
-                        times = [training_seconds(data, args.steps, spin_env) for _ in range(args.runs)]
                 rows.append((machine, spin, statistics.median(times), min(times), max(times)))
                 print(f"  {machine}, {spin}: {times}", file=sys.stderr)
     print(f"| machine ({os.cpu_count()} cores) | OpenMP spin | training s, median of {args.runs} (range) |")
